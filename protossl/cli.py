@@ -1,0 +1,227 @@
+"""The ``protossl`` command.
+
+Each sub-command is a small function; user errors become one line on stderr
+and exit status 2 (no traceback). ``--json`` output is one JSON object on
+stdout; everything meant for people goes to stderr.
+
+Example:
+    $ protossl train --preset dino-kp --data digits --out runs/dino-kp --epochs 5
+    $ protossl analyze runs/dino-kp --json
+    $ protossl eval runs/dino-kp --data digits --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from protossl.errors import UserError
+
+PROG = "protossl"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+# ---------------------------------------------------------------- sub-commands
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from protossl.config import load_config
+    from protossl.engine.trainer import Trainer
+
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"data.spec={args.data}")
+    if args.epochs is not None:
+        overrides.append(f"optim.epochs={args.epochs}")
+    if args.max_steps is not None:
+        overrides.append(f"optim.max_steps={args.max_steps}")
+    out = Path(args.out)
+    if args.resume:
+        from protossl.config import apply_overrides
+
+        cfg = apply_overrides(Trainer.config_of_run(out), overrides)
+    else:
+        cfg = load_config(args.preset, args.config, overrides)
+    summary = Trainer(cfg, out, resume=args.resume).fit(stop_after_epochs=args.stop_after_epochs)
+    _print_summary(summary, out, as_json=args.json)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], out: Path, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+        return
+    knn = summary.get("eval", {})
+    knn_text = ", ".join(f"{k} {v:.3f}" for k, v in knn.items() if "top1" in k)
+    print(
+        f"{summary['method']}: K {summary['K']}, M {summary['M']} "
+        f"(M/K {summary['M_over_K']:.3f} at eps {summary['eps']}), "
+        f"prototypes used {summary['usage']['prototypes_used']}, {knn_text or 'no kNN yet'}, "
+        f"{summary['wall_time_seconds'] / 60:.1f} min -> {out}",
+        file=sys.stderr,
+    )
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from protossl.diagnostics import summarize_prototypes
+    from protossl.diagnostics.checkpoints import read_prototype_heads
+
+    heads = read_prototype_heads(args.checkpoint)
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "format": "protossl",
+        "heads": {name: summarize_prototypes(w, eps=args.eps) for name, w in heads.items()},
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for name, head in result["heads"].items():
+        curve = "  ".join(f"{eps:g}:{m}" for eps, m in head["uniqueness_curve"])
+        nn = head["nn_distance_quantiles"]
+        print(
+            f"{name}: K {head['K']}  M {head['M']}  M/K {head['M_over_K']:.3f}  (eps {head['eps']})\n"
+            f"  uniqueness curve (eps:M)  {curve}\n"
+            f"  largest groups            {head['largest_groups']}\n"
+            f"  nearest-neighbour dist    q10 {nn['q10']:.3f}  median {nn['q50']:.3f}"
+            f"  q90 {nn['q90']:.3f}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from protossl.evaluation.run_eval import evaluate_run
+
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    result = evaluate_run(args.run, args.data, args.test_data, protocols)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result["results"].items():
+            print(f"{key}: {value:.4f}", file=sys.stderr)
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from protossl.config import available_presets, load_config, preset_description
+
+    if args.show:
+        import yaml
+
+        print(yaml.safe_dump(load_config(args.show).to_dict(), sort_keys=False), end="")
+        return 0
+    for name in available_presets():
+        print(f"{name:<14} {preset_description(name)}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from protossl.demo import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs, parallel=not args.sequential)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    from protossl import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a method (DINO, DINO + KoLeo-proto, ...)")
+    train.add_argument("--preset", default="dino", help="recipe name (see 'protossl presets')")
+    train.add_argument("--config", help="YAML file with config keys, applied after the preset")
+    train.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override one key (repeatable)"
+    )
+    train.add_argument("--data", help="data spec: digits | folder:PATH (default from the preset)")
+    train.add_argument("--out", default="runs/latest", help="run directory")
+    train.add_argument("--epochs", type=_positive_int, help="number of epochs")
+    train.add_argument("--max-steps", type=_positive_int, help="cap on optimizer steps")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    train.add_argument(
+        "--stop-after-epochs",
+        type=_positive_int,
+        help="pause after this many epochs (continue later with --resume)",
+    )
+    train.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    train.set_defaults(func=_cmd_train)
+
+    analyze = sub.add_parser("analyze", help="count unique prototypes in a checkpoint")
+    analyze.add_argument("checkpoint", help="run directory or checkpoint file")
+    analyze.add_argument("--format", default="auto", choices=["auto", "protossl"])
+    analyze.add_argument("--eps", type=_positive_float, default=0.025, help="linking distance")
+    analyze.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    analyze.set_defaults(func=_cmd_analyze)
+
+    evaluate = sub.add_parser("eval", help="evaluate frozen features (kNN)")
+    evaluate.add_argument("run", help="run directory or checkpoint file")
+    evaluate.add_argument("--data", required=True, help="training data spec for the kNN bank")
+    evaluate.add_argument("--test-data", help="test data spec (default: the test split of --data)")
+    evaluate.add_argument("--protocols", default="knn", help="comma-separated; available: knn")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    presets = sub.add_parser("presets", help="list the bundled recipes")
+    presets.add_argument("--show", metavar="NAME", help="print a preset's fully resolved config")
+    presets.set_defaults(func=_cmd_presets)
+
+    demo = sub.add_parser("demo", help="DINO vs DINO + KoLeo-proto on digits, side by side")
+    demo.add_argument("--out", default="demo_runs", help="folder for the two runs and the table")
+    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run")
+    demo.add_argument("--sequential", action="store_true", help="run one after the other")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``protossl`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the last checkpoint is kept (continue with --resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,370 @@
+"""Typed configuration: dataclasses, YAML presets, ``key=value`` overrides, validation.
+
+A run is fully described by one :class:`Config`. It is built from a preset
+(``protossl/presets/NAME.yaml``), then an optional YAML file, then ``--set``
+overrides, and validated before anything is trained. Invalid values raise
+:class:`protossl.errors.UserError` with one line naming the key and the fix.
+
+Example:
+    >>> cfg = load_config(preset="dino-kp", overrides=["model.num_prototypes=256"])
+    >>> cfg.model.num_prototypes, cfg.objective.prototype_regularizer
+    (256, 'koleo')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from protossl.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Data source and DINO multi-crop augmentation."""
+
+    spec: str = "digits"
+    image_size: int = 16  # global crop size; local crops scale like DINO's 96/224
+    local_size: int | None = None
+    num_local_crops: int = 4
+    global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    batch_size: int = 128
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Backbone, projection head and prototype layer (DINO's ``DINOHead``)."""
+
+    backbone: str = "resnet_tiny"
+    num_prototypes: int = 1024  # K
+    head_hidden_dim: int = 512
+    bottleneck_dim: int = 128  # p
+    head_layers: int = 3
+    use_bn_in_head: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    """Cross-entropy temperatures, teacher-target builder and prototype regularizer."""
+
+    target: str = "centering"
+    center_momentum: float = 0.9
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    prototype_regularizer: str = "none"
+    regularizer_weight: float = 0.1  # lambda for KoLeo-proto
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with DINO's cosine schedules for lr, weight decay and teacher momentum."""
+
+    epochs: int = 20
+    max_steps: int | None = None
+    lr: float = 5e-4  # for a batch of 256, scaled linearly (DINO)
+    min_lr: float = 1e-6
+    warmup_epochs: int = 2
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996
+    clip_grad: float = 3.0  # 0 disables clipping
+    freeze_last_layer_epochs: int = 1
+
+
+@dataclass
+class MonitorConfig:
+    """What is measured during and after training."""
+
+    eps: float = 0.025  # linking distance for unique prototypes M
+    monitor_samples: int = 512  # test images whose teacher argmax gives prototype usage
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    eval_knn: bool = True
+    checkpoint_every_epochs: int = 0  # 0: only checkpoints/last.pt
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    method: str = "dino"
+    seed: int = 0
+    num_threads: int = 0  # 0: leave torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON friendly)."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# Presets and files
+
+
+def available_presets() -> list[str]:
+    """Names of the bundled presets (``protossl/presets/*.yaml``)."""
+    folder = resources.files("protossl.presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_description(name: str) -> str:
+    """The first comment line of a preset file."""
+    text = _read_preset_text(name)
+    for line in text.splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def _read_preset_text(name: str) -> str:
+    names = available_presets()
+    if name not in names:
+        raise UserError(
+            f"unknown preset '{name}'{_did_you_mean(name, names)}; "
+            f"known presets: {', '.join(names)}"
+        )
+    return (resources.files("protossl.presets") / f"{name}.yaml").read_text()
+
+
+def _read_yaml_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {_first_line(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------
+# Merging
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the annotated type, or raise UserError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list like [0.4, 1.0] (got {value!r})")
+        return [_coerce(v, args[0], key) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise UserError(f"{key} must be true or false (got {value!r})")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key} must be an integer (got {value!r})")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise UserError(f"{key} must be an integer (got {value!r})") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key} must be a number (got {value!r})")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{key} must be a number (got {value!r})") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)):
+            raise UserError(f"{key} must be a string (got {value!r})")
+        return str(value)
+    return value
+
+
+def _merge_into(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Merge a nested mapping into a dataclass instance, checking every key."""
+    types = _field_types(type(obj))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in types:
+            candidates = [f"{prefix}{k}" for k in types]
+            raise UserError(
+                f"unknown config key '{full}'{_did_you_mean(full, candidates)}; "
+                f"run 'protossl presets --show dino' to see every key"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{full} must be a mapping of keys (got {value!r})")
+            _merge_into(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, types[key], full))
+
+
+def _override_to_nested(override: str) -> dict[str, Any]:
+    if "=" not in override:
+        raise UserError(f"--set expects key=value (got '{override}'), e.g. model.num_prototypes=1024")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"--set expects key=value (got '{override}')")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def load_config(
+    preset: str | None = "dino",
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Build and validate a :class:`Config`: preset, then file, then ``key=value`` overrides."""
+    cfg = Config()
+    if preset is not None:
+        data = yaml.safe_load(_read_preset_text(preset)) or {}
+        _merge_into(cfg, data)
+    if config_file is not None:
+        _merge_into(cfg, _read_yaml_file(config_file))
+    for override in overrides or []:
+        _merge_into(cfg, _override_to_nested(override))
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``key=value`` overrides to an existing config and validate it again."""
+    for override in overrides:
+        _merge_into(cfg, _override_to_nested(override))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a validated :class:`Config` from :meth:`Config.to_dict` output."""
+    cfg = Config()
+    _merge_into(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved configuration as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------
+# Validation
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that cannot train, with one line naming the key and the fix."""
+    d, m, o, op, mo = cfg.data, cfg.model, cfg.objective, cfg.optim, cfg.monitor
+    _require(m.num_prototypes >= 2, f"model.num_prototypes must be >= 2 (got {m.num_prototypes})")
+    _require(o.teacher_temp > 0, f"objective.teacher_temp must be > 0 (got {o.teacher_temp})")
+    _require(
+        o.warmup_teacher_temp > 0,
+        f"objective.warmup_teacher_temp must be > 0 (got {o.warmup_teacher_temp})",
+    )
+    _require(o.student_temp > 0, f"objective.student_temp must be > 0 (got {o.student_temp})")
+    _require(
+        0 <= o.center_momentum < 1,
+        f"objective.center_momentum must be in [0, 1) (got {o.center_momentum})",
+    )
+    _require(
+        o.regularizer_weight >= 0,
+        f"objective.regularizer_weight (lambda) must be >= 0 (got {o.regularizer_weight})",
+    )
+    _require(
+        o.warmup_teacher_temp_epochs >= 0,
+        "objective.warmup_teacher_temp_epochs must be >= 0",
+    )
+    _require(d.image_size >= 4, f"data.image_size must be >= 4 (got {d.image_size})")
+    _require(d.num_local_crops >= 0, f"data.num_local_crops must be >= 0 (got {d.num_local_crops})")
+    _require(d.batch_size >= 2, f"data.batch_size must be >= 2 (got {d.batch_size})")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0 (got {d.num_workers})")
+    for name in ("global_scale", "local_scale"):
+        scale = getattr(d, name)
+        _require(
+            len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+            f"data.{name} must be [low, high] with 0 < low <= high <= 1 (got {scale})",
+        )
+    _require(m.head_layers >= 1, f"model.head_layers must be >= 1 (got {m.head_layers})")
+    _require(m.bottleneck_dim >= 2, f"model.bottleneck_dim must be >= 2 (got {m.bottleneck_dim})")
+    _require(m.head_hidden_dim >= 1, "model.head_hidden_dim must be >= 1")
+    _require(op.epochs >= 1, f"optim.epochs must be >= 1 (got {op.epochs})")
+    _require(
+        op.max_steps is None or op.max_steps >= 1,
+        f"optim.max_steps must be >= 1 or null (got {op.max_steps})",
+    )
+    _require(op.lr > 0, f"optim.lr must be > 0 (got {op.lr})")
+    _require(op.min_lr >= 0, f"optim.min_lr must be >= 0 (got {op.min_lr})")
+    _require(op.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {op.warmup_epochs})")
+    _require(op.weight_decay >= 0 and op.weight_decay_end >= 0, "optim.weight_decay must be >= 0")
+    _require(
+        0 <= op.momentum_teacher <= 1,
+        f"optim.momentum_teacher must be in [0, 1] (got {op.momentum_teacher})",
+    )
+    _require(op.clip_grad >= 0, f"optim.clip_grad must be >= 0 (got {op.clip_grad})")
+    _require(op.freeze_last_layer_epochs >= 0, "optim.freeze_last_layer_epochs must be >= 0")
+    _require(mo.eps > 0, f"monitor.eps must be > 0 (got {mo.eps})")
+    _require(mo.monitor_samples >= 1, "monitor.monitor_samples must be >= 1")
+    _require(mo.knn_k >= 1, f"monitor.knn_k must be >= 1 (got {mo.knn_k})")
+    _require(mo.knn_temperature > 0, "monitor.knn_temperature must be > 0")
+    _require(mo.checkpoint_every_epochs >= 0, "monitor.checkpoint_every_epochs must be >= 0")
+    _require(cfg.num_threads >= 0, f"num_threads must be >= 0 (got {cfg.num_threads})")

@@ -1,0 +1,1 @@
+"""Training engine: trainer, schedules, EMA teacher, checkpoints and collectives."""

@@ -1,0 +1,460 @@
+"""The trainer: EMA teacher, DINO schedules, monitoring, atomic checkpoints, exact resume.
+
+It knows nothing about a particular method: it calls ``Method.training_step``,
+``update_teacher`` and the collapse monitor. Schedules follow DINO
+(Caron et al. 2021): cosine learning rate with linear warm-up (scaled by
+batch/256), cosine weight decay, cosine teacher momentum to 1, and a linear
+teacher-temperature warm-up; the prototype layer is frozen for the first
+``freeze_last_layer_epochs`` epochs.
+
+Resume is exact: every epoch starts from a seed derived from (seed, epoch)
+for both the data order and the augmentations, and a checkpoint at an epoch
+boundary holds everything else, so a run stopped after epoch e and resumed
+reproduces the uninterrupted run bit for bit on CPU.
+
+Example:
+    >>> cfg = load_config("dino", overrides=["optim.epochs=2"])  # doctest: +SKIP
+    >>> summary = Trainer(cfg, Path("runs/dino")).fit()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
+
+import protossl
+from protossl.config import Config, config_from_dict, save_config
+from protossl.data import EvalTransform, ImageDataset, MultiCropTransform, load_dataset
+from protossl.diagnostics import summarize_prototypes
+from protossl.engine import distributed
+from protossl.engine.checkpoint import load_checkpoint, save_checkpoint_atomic
+from protossl.engine.monitor import CollapseMonitor
+from protossl.engine.schedules import cosine_schedule, linear_warmup_schedule
+from protossl.errors import UserError
+from protossl.evaluation.features import extract_features
+from protossl.evaluation.knn import knn_accuracy
+from protossl.methods import Method, build_method
+
+CHECKPOINT_FORMAT = "protossl"
+CHECKPOINT_VERSION = 1
+# Keys of metrics.jsonl that depend on the wall clock, not on the computation.
+TIMING_KEYS = ("seconds", "images_per_second")
+
+
+class TrainingDivergedError(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run keeps its files."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+
+@dataclass(frozen=True)
+class Schedules:
+    """Per-step values of every scheduled hyper-parameter."""
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    teacher_momentum: np.ndarray
+    teacher_temp: np.ndarray
+
+    @classmethod
+    def from_config(cls, cfg: Config, total_steps: int, steps_per_epoch: int) -> Schedules:
+        op, ob = cfg.optim, cfg.objective
+        base_lr = op.lr * cfg.data.batch_size / 256.0  # DINO's linear scaling rule
+        return cls(
+            lr=cosine_schedule(
+                base_lr, op.min_lr, total_steps, warmup_steps=op.warmup_epochs * steps_per_epoch
+            ),
+            weight_decay=cosine_schedule(op.weight_decay, op.weight_decay_end, total_steps),
+            teacher_momentum=cosine_schedule(op.momentum_teacher, 1.0, total_steps),
+            teacher_temp=linear_warmup_schedule(
+                ob.warmup_teacher_temp,
+                ob.teacher_temp,
+                ob.warmup_teacher_temp_epochs * steps_per_epoch,
+                total_steps,
+            ),
+        )
+
+
+def _parameter_groups(module: torch.nn.Module) -> list[dict[str, Any]]:
+    # As in DINO: no weight decay on biases and normalization parameters.
+    decayed, plain = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (plain if name.endswith(".bias") or param.ndim <= 1 else decayed).append(param)
+    return [{"params": decayed}, {"params": plain, "weight_decay": 0.0}]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    return {
+        "protossl": protossl.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class Trainer:
+    """Trains one method on one data set into one run directory."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        resume: bool = False,
+        progress: bool | None = None,
+    ) -> None:
+        self.paths = RunPaths(Path(run_dir))
+        self.resume = resume
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self._checkpoint: dict[str, Any] | None = None
+        if resume:
+            if not self.paths.last_checkpoint.is_file():
+                raise UserError(
+                    f"cannot resume: {self.paths.last_checkpoint} does not exist; "
+                    "start a new run without --resume"
+                )
+            self._checkpoint = load_checkpoint(self.paths.last_checkpoint)
+        elif self.paths.last_checkpoint.exists():
+            raise UserError(
+                f"{self.paths.root} already holds a run; pass --resume to continue it "
+                "or choose another --out"
+            )
+        self.cfg = cfg
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+
+        torch.manual_seed(cfg.seed)
+        self.method: Method = build_method(cfg)
+        self.train_set = load_dataset(
+            cfg.data.spec,
+            "train",
+            transform=MultiCropTransform(
+                cfg.data.image_size,
+                num_local_crops=cfg.data.num_local_crops,
+                local_size=cfg.data.local_size,
+                global_scale=tuple(cfg.data.global_scale),
+                local_scale=tuple(cfg.data.local_scale),
+            ),
+            seed=cfg.seed,
+        )
+        self.steps_per_epoch = len(self.train_set) // cfg.data.batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"data set '{cfg.data.spec}' has {len(self.train_set)} training images, fewer "
+                f"than one batch of {cfg.data.batch_size}; lower data.batch_size"
+            )
+        total = cfg.optim.epochs * self.steps_per_epoch
+        if cfg.optim.max_steps is not None:
+            total = min(total, cfg.optim.max_steps)
+        self.total_steps = total
+        self.num_epochs = math.ceil(total / self.steps_per_epoch)
+        self.schedules = Schedules.from_config(cfg, self.total_steps, self.steps_per_epoch)
+        self.optimizer = torch.optim.AdamW(_parameter_groups(self.method.student))
+        self.monitor = CollapseMonitor(self._monitor_images(), eps=cfg.monitor.eps)
+        self.start_epoch = 0
+        self.elapsed_before = 0.0
+        if self._checkpoint is not None:
+            self._restore(self._checkpoint)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _eval_transform(self) -> EvalTransform:
+        return EvalTransform(self.cfg.data.image_size)
+
+    def _monitor_images(self) -> torch.Tensor:
+        test_set = load_dataset(self.cfg.data.spec, "test", transform=self._eval_transform())
+        count = min(len(test_set), self.cfg.monitor.monitor_samples)
+        return torch.stack([test_set[i][0] for i in range(count)])
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{self.paths.last_checkpoint} is not a protossl training checkpoint")
+        try:
+            self.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"{self.paths.last_checkpoint} does not match this configuration ({first}); "
+                "resume with the run's own config.yaml"
+            ) from None
+        self.start_epoch = int(state["epoch"])
+        self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
+
+    @staticmethod
+    def config_of_run(run_dir: str | Path) -> Config:
+        """The configuration saved in a run's last checkpoint."""
+        state = load_checkpoint(RunPaths(Path(run_dir)).last_checkpoint)
+        return config_from_dict(state["config"])
+
+    # ---------------------------------------------------------------- training
+
+    def _loader(self, epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
+        sampler = RandomSampler(self.train_set, generator=generator)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.data.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.cfg.data.num_workers,
+            generator=generator,
+            persistent_workers=False,
+        )
+
+    def _set_hyperparameters(self, step: int) -> None:
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = float(self.schedules.lr[step])
+            if i == 0:
+                group["weight_decay"] = float(self.schedules.weight_decay[step])
+
+    def _train_step(self, crops: list[torch.Tensor], step: int, epoch: int) -> dict[str, float]:
+        self._set_hyperparameters(step)
+        out = self.method.training_step(crops, float(self.schedules.teacher_temp[step]))
+        if not torch.isfinite(out.loss):
+            raise TrainingDivergedError(
+                f"loss became {float(out.loss)} at step {step} (epoch {epoch}); the last good "
+                f"checkpoint is kept in {self.paths.checkpoints}; lower optim.lr or raise "
+                "objective.teacher_temp, then --resume"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.cfg.optim.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.method.student.parameters(), self.cfg.optim.clip_grad)
+        if epoch < self.cfg.optim.freeze_last_layer_epochs:
+            # DINO freezes the prototypes during the first epoch(s) for stability.
+            for param in self.method.prototype_parameters():
+                param.grad = None
+        self.optimizer.step()
+        self.method.update_teacher(float(self.schedules.teacher_momentum[step]))
+        return out.terms
+
+    def fit(self, stop_after_epochs: int | None = None) -> dict[str, Any]:
+        """Train to the end (or pause after ``stop_after_epochs`` epochs); returns the summary."""
+        main = distributed.is_main_process()
+        if main:
+            self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.paths.config)
+            self._truncate_metrics(self.start_epoch)
+        writer = self._tensorboard() if main else None
+        started = time.perf_counter()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=min(self.start_epoch * self.steps_per_epoch, self.total_steps),
+            disable=not (self.progress and main),
+            desc=f"train {self.cfg.method}",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        last_epoch = self.num_epochs
+        if stop_after_epochs is not None:
+            last_epoch = min(last_epoch, stop_after_epochs)
+        record: dict[str, Any] = {}
+        self.method.train()
+        for epoch in range(self.start_epoch, last_epoch):
+            epoch_started = time.perf_counter()
+            torch.manual_seed(_epoch_seed(self.cfg.seed, epoch))
+            sums: dict[str, float] = {}
+            count = 0
+            for i, (crops, _labels) in enumerate(self._loader(epoch)):
+                step = epoch * self.steps_per_epoch + i
+                if step >= self.total_steps:
+                    break
+                terms = self._train_step(crops, step, epoch)
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['loss']:.3f}", M=record.get("M", "-"))
+            seconds = time.perf_counter() - epoch_started
+            record = self._epoch_record(epoch, step, sums, count, seconds)
+            if main:
+                self._append_metrics(record, writer)
+                if not self.progress:
+                    print(_format_record(self.cfg.method, record), file=sys.stderr, flush=True)
+                elapsed = self.elapsed_before + time.perf_counter() - started
+                self._save_checkpoint(epoch + 1, step + 1, elapsed)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        self.elapsed_before += time.perf_counter() - started
+        finished = last_epoch >= self.num_epochs
+        summary = self._summary(finished)
+        if main:
+            self.paths.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    # ------------------------------------------------------------- bookkeeping
+
+    def _epoch_record(
+        self, epoch: int, step: int, sums: dict[str, float], count: int, seconds: float
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {"epoch": epoch, "step": step + 1}
+        record.update({key: value / max(count, 1) for key, value in sums.items()})
+        record["lr"] = float(self.schedules.lr[step])
+        record["weight_decay"] = float(self.schedules.weight_decay[step])
+        record["teacher_temp"] = float(self.schedules.teacher_temp[step])
+        record["teacher_momentum"] = float(self.schedules.teacher_momentum[step])
+        record.update(self.monitor.measure(self.method))
+        record["seconds"] = seconds
+        record["images_per_second"] = count * self.cfg.data.batch_size / max(seconds, 1e-9)
+        return record
+
+    def _tensorboard(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional at run time
+            return None
+        return SummaryWriter(log_dir=str(self.paths.tensorboard))
+
+    def _append_metrics(self, record: dict[str, Any], writer: Any) -> None:
+        with self.paths.metrics.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, record["step"])
+            writer.flush()
+
+    def _truncate_metrics(self, epoch: int) -> None:
+        # After a resume, epochs from the checkpoint onward are recomputed: drop them.
+        if not self.paths.metrics.exists():
+            return
+        kept = [
+            line
+            for line in self.paths.metrics.read_text().splitlines()
+            if line.strip() and json.loads(line)["epoch"] < epoch
+        ]
+        tmp = self.paths.metrics.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.paths.metrics)
+
+    def _save_checkpoint(self, next_epoch: int, step: int, elapsed: float) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.to_dict(),
+            "epoch": next_epoch,
+            "step": step,
+            "elapsed_seconds": elapsed,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        save_checkpoint_atomic(state, self.paths.last_checkpoint)
+        every = self.cfg.monitor.checkpoint_every_epochs
+        if every > 0 and next_epoch % every == 0:
+            save_checkpoint_atomic(state, self.paths.checkpoints / f"epoch_{next_epoch:04d}.pt")
+
+    def _summary(self, finished: bool) -> dict[str, Any]:
+        measured = self.monitor.measure(self.method)
+        summary: dict[str, Any] = {
+            "method": self.cfg.method,
+            "finished": finished,
+            "data": self.cfg.data.spec,
+            "steps": min(self.num_epochs * self.steps_per_epoch, self.total_steps)
+            if finished
+            else None,
+            "epochs": self.num_epochs,
+            "K": measured["K"],
+            "M": measured["M"],
+            "M_over_K": measured["M_over_K"],
+            "eps": self.cfg.monitor.eps,
+            "usage": {
+                key: measured[key]
+                for key in ("usage_entropy", "usage_perplexity", "prototypes_used", "dead_prototypes")
+            },
+            "prototypes": summarize_prototypes(
+                self.method.student_prototypes().detach(), eps=self.cfg.monitor.eps
+            ),
+            "skipped_files": self.train_set.num_skipped,
+            "wall_time_seconds": self.elapsed_before,
+            "versions": _versions(),
+        }
+        if finished and self.cfg.monitor.eval_knn:
+            summary["eval"] = evaluate_knn(self.method, self.cfg, progress=self.progress)
+        return summary
+
+
+def evaluate_knn(
+    method: Method,
+    cfg: Config,
+    train_spec: str | None = None,
+    test_spec: str | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Weighted kNN (DINO: k=20, T=0.07) on the teacher backbone's frozen features."""
+    transform = EvalTransform(cfg.data.image_size)
+    train: ImageDataset = load_dataset(train_spec or cfg.data.spec, "train", transform=transform)
+    test: ImageDataset = load_dataset(test_spec or train_spec or cfg.data.spec, "test", transform=transform)
+    was_training = method.training
+    method.eval()
+    try:
+        train_x, train_y = extract_features(method.teacher_features, train, progress=progress)
+        test_x, test_y = extract_features(method.teacher_features, test, progress=progress)
+    finally:
+        method.train(was_training)
+    num_classes = max(len(train.classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
+    return knn_accuracy(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=num_classes,
+        ks=(cfg.monitor.knn_k,),
+        temperature=cfg.monitor.knn_temperature,
+    )
+
+
+def _format_record(method: str, record: dict[str, Any]) -> str:
+    return (
+        f"[{method}] epoch {record['epoch']} step {record['step']} loss {record['loss']:.4f} "
+        f"M {record['M']}/{record['K']} used {record['prototypes_used']} "
+        f"({record['images_per_second']:.0f} img/s)"
+    )

@@ -1,0 +1,96 @@
+"""The contract between the trainer and a self-supervised method.
+
+A method owns its student and teacher networks and its objective. The trainer
+only calls the methods below, so adding a method (iBOT, MSN, SwAV, ...) is a new
+file with ``@register_method("name")`` and no branch in the trainer.
+
+Example:
+    >>> from protossl.config import load_config
+    >>> method = build_method(load_config("dino", overrides=["model.num_prototypes=64"]))
+    >>> method.student_prototypes().shape
+    torch.Size([64, 128])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from protossl.config import Config
+from protossl.errors import UserError
+
+
+@dataclass
+class StepOutput:
+    """What one training step produced: the loss to backpropagate and its parts."""
+
+    loss: torch.Tensor
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class: a student trained by gradient descent and an EMA teacher."""
+
+    student: nn.Module
+    teacher: nn.Module
+
+    def training_step(self, crops: list[torch.Tensor], teacher_temp: float) -> StepOutput:
+        """Loss for one batch of multi-crop views (globals first), updating running targets."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- m * teacher + (1 - m) * student, on parameters only.
+
+        As in DINO, buffers (BatchNorm statistics) are not averaged: the teacher
+        keeps its own running statistics from the global crops it sees.
+        """
+        for t_param, s_param in zip(
+            self.teacher.parameters(), self.student.parameters(), strict=True
+        ):
+            t_param.mul_(momentum).add_(s_param.detach(), alpha=1 - momentum)
+
+    def student_prototypes(self) -> torch.Tensor:
+        """The student's prototype matrix [K, p] (unnormalized)."""
+        raise NotImplementedError
+
+    def teacher_prototypes(self) -> torch.Tensor:
+        """The teacher's prototype matrix [K, p] (unnormalized)."""
+        raise NotImplementedError
+
+    def prototype_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters frozen during the first epochs (DINO's ``freeze_last_layer``)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features of the teacher, used for kNN and other frozen evaluations."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher prototype scores for evaluation images (their argmax is the cluster)."""
+        raise NotImplementedError
+
+
+METHODS: dict[str, Callable[[Config], Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator adding a method to the registry under ``name``."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        METHODS[name] = cls
+        return cls
+
+    return decorator
+
+
+def build_method(cfg: Config) -> Method:
+    """Build the method named by ``cfg.method`` (seeded by the caller)."""
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method '{cfg.method}'; known methods: {', '.join(sorted(METHODS))}")
+    return METHODS[cfg.method](cfg)

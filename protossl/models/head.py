@@ -1,0 +1,85 @@
+"""DINO's projection head and the weight-normalized prototype layer.
+
+The head is an MLP to a bottleneck of dimension p, L2-normalized, followed by
+a prototype layer of K vectors w_k whose logits are <w_k/||w_k||, y>
+(Caron et al. 2021, ``DINOHead`` with ``norm_last_layer=True``: weight norm
+with the gain fixed to 1). The temperature is applied by the loss.
+
+Example:
+    >>> head = DINOHead(in_dim=96, num_prototypes=256, hidden_dim=128, bottleneck_dim=32)
+    >>> head(torch.randn(4, 96)).shape
+    torch.Size([4, 256])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PrototypeLayer(nn.Module):
+    """K prototypes; logits are cosine similarities between prototypes and inputs.
+
+    Equivalent to ``weight_norm(Linear(p, K, bias=False))`` with ``weight_g`` fixed
+    to 1, without the deprecated weight-norm hook: ``weight`` holds the K
+    unnormalized directions (the tensor whose collapse protossl measures).
+    """
+
+    def __init__(self, dim: int, num_prototypes: int) -> None:
+        super().__init__()
+        if num_prototypes < 1 or dim < 1:
+            raise ValueError("PrototypeLayer needs dim >= 1 and num_prototypes >= 1")
+        self.weight = nn.Parameter(torch.empty(num_prototypes, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.linear(y, F.normalize(self.weight, dim=-1))
+
+
+class DINOHead(nn.Module):
+    """MLP (``num_layers`` linear layers, GELU) -> L2-normalized bottleneck -> prototypes."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_prototypes: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        use_bn: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError("DINOHead needs num_layers >= 1")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(dim, hidden_dim))
+            if use_bn:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.prototypes = PrototypeLayer(bottleneck_dim, num_prototypes)
+        self.mlp.apply(_init_linear)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit-norm bottleneck embedding y."""
+        return F.normalize(self.mlp(x), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prototypes(self.embed(x))
+
+
+def _init_linear(module: nn.Module) -> None:
+    # DINO initializes head linears with a truncated normal (std 0.02) and zero bias.
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,35 @@
+"""Objectives: multi-crop cross-entropy, teacher target builders, KoLeo regularizers.
+
+Example:
+    >>> import torch
+    >>> from protossl.objectives import Centering, DINOCrossEntropy, KoLeoProto
+    >>> probs = Centering(16).targets(torch.randn(2, 4, 16), teacher_temp=0.04)
+"""
+
+from protossl.objectives.cross_entropy import DINOCrossEntropy, multicrop_cross_entropy
+from protossl.objectives.koleo import KoLeoProto, koleo_loss, koleo_proto_loss
+from protossl.objectives.registry import (
+    PROTOTYPE_REGULARIZERS,
+    TARGET_BUILDERS,
+    build_prototype_regularizer,
+    build_target_builder,
+    register_prototype_regularizer,
+    register_target_builder,
+)
+from protossl.objectives.targets import Centering, TargetBuilder
+
+__all__ = [
+    "PROTOTYPE_REGULARIZERS",
+    "TARGET_BUILDERS",
+    "Centering",
+    "DINOCrossEntropy",
+    "KoLeoProto",
+    "TargetBuilder",
+    "build_prototype_regularizer",
+    "build_target_builder",
+    "koleo_loss",
+    "koleo_proto_loss",
+    "multicrop_cross_entropy",
+    "register_prototype_regularizer",
+    "register_target_builder",
+]

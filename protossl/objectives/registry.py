@@ -1,0 +1,78 @@
+"""Name -> class registries for target builders and prototype regularizers.
+
+Configs name a target builder ("centering") and a prototype regularizer
+("koleo"); the trainer builds them through :func:`build_target_builder` and
+:func:`build_prototype_regularizer`. A new module adds itself with a decorator
+and an import in ``protossl/objectives/__init__.py``; the trainer is not edited:
+
+Example:
+    >>> @register_target_builder("my-centering")  # doctest: +SKIP
+    ... class MyCentering(TargetBuilder): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+from protossl.errors import UserError
+from protossl.objectives.koleo import KoLeoProto
+from protossl.objectives.targets import Centering, TargetBuilder
+
+T = TypeVar("T", bound=type)
+
+TARGET_BUILDERS: dict[str, type] = {"centering": Centering}
+PROTOTYPE_REGULARIZERS: dict[str, type] = {"koleo": KoLeoProto}
+
+
+def _register(registry: dict[str, type], kind: str, name: str) -> Callable[[T], T]:
+    def decorator(cls: T) -> T:
+        existing = registry.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"{kind} {name!r} is already registered to {existing.__name__}")
+        registry[name] = cls
+        return cls
+
+    return decorator
+
+
+def register_target_builder(name: str) -> Callable[[T], T]:
+    """Class decorator: make a :class:`TargetBuilder` subclass buildable by ``name``."""
+    return _register(TARGET_BUILDERS, "target builder", name)
+
+
+def register_prototype_regularizer(name: str) -> Callable[[T], T]:
+    """Class decorator: make a prototype regularizer module buildable by ``name``."""
+    return _register(PROTOTYPE_REGULARIZERS, "prototype regularizer", name)
+
+
+def _build(registry: dict[str, type], kind: str, name: str, **kwargs: Any) -> Any:
+    cls = registry.get(name)
+    if cls is None:
+        known = ", ".join(sorted(registry))
+        raise UserError(f"unknown {kind} {name!r}; known: {known}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        # A bad option in a config is the user's to fix: one line, no traceback.
+        raise UserError(f"{kind} {name!r}: {err}") from err
+
+
+def build_target_builder(name: str, num_prototypes: int, **kwargs: Any) -> TargetBuilder:
+    """Build the target builder registered as ``name`` (e.g. "centering").
+
+    Raises:
+        UserError: unknown name, or an option the builder rejects.
+    """
+    return _build(TARGET_BUILDERS, "target builder", name, num_prototypes=num_prototypes, **kwargs)
+
+
+def build_prototype_regularizer(name: str, **kwargs: Any) -> nn.Module:
+    """Build the prototype regularizer registered as ``name`` (e.g. "koleo").
+
+    Raises:
+        UserError: unknown name, or an option the regularizer rejects.
+    """
+    return _build(PROTOTYPE_REGULARIZERS, "prototype regularizer", name, **kwargs)

@@ -1,0 +1,426 @@
+"""Tests for protossl.diagnostics: unique prototypes M, uniqueness curve, usage.
+
+Every blocked / union-find result is compared with an independent brute force: the
+full K x K distance matrix (direct ||a - b||, float64) and a breadth-first search.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+import protossl.diagnostics.unique as unique_mod
+from protossl.diagnostics import (
+    DEFAULT_EPS,
+    DEFAULT_EPS_GRID,
+    UniqueResult,
+    count_unique_prototypes,
+    distance_quantiles,
+    nearest_neighbor_distances,
+    normalize_prototypes,
+    prototype_usage,
+    summarize_prototypes,
+    uniqueness_curve,
+    usage_from_logits,
+)
+
+# --- independent reference ---------------------------------------------------------------
+
+
+def brute_distances(weights: torch.Tensor) -> torch.Tensor:
+    """Full matrix of direct distances between unit directions (float64)."""
+    w = weights.to(torch.float64)
+    u = w / w.norm(dim=1, keepdim=True)
+    return (u[:, None, :] - u[None, :, :]).norm(dim=-1)
+
+
+def brute_labels(weights: torch.Tensor, eps: float) -> np.ndarray:
+    """BFS components of the eps-graph, numbered in order of smallest member."""
+    adj = (brute_distances(weights) < eps).numpy()
+    k = adj.shape[0]
+    labels = np.full(k, -1, dtype=np.int64)
+    next_label = 0
+    for start in range(k):  # scanning upward makes the numbering canonical
+        if labels[start] >= 0:
+            continue
+        labels[start] = next_label
+        queue = deque([start])
+        while queue:
+            node = queue.popleft()
+            for nb in np.flatnonzero(adj[node]):
+                if labels[nb] < 0:
+                    labels[nb] = next_label
+                    queue.append(nb)
+        next_label += 1
+    return labels
+
+
+def relabel_canonical(labels: np.ndarray) -> np.ndarray:
+    mapping: dict[int, int] = {}
+    return np.array([mapping.setdefault(int(x), len(mapping)) for x in labels], dtype=np.int64)
+
+
+# --- planted structures ---------------------------------------------------------------
+
+
+def _orthonormal_pair(gen: torch.Generator, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, _ = torch.linalg.qr(torch.randn(p, 2, generator=gen, dtype=torch.float64))
+    return q[:, 0], q[:, 1]
+
+
+def _on_circle(a: torch.Tensor, b: torch.Tensor, chord: float) -> torch.Tensor:
+    """The unit vector at the given chord distance from a, towards b."""
+    theta = 2.0 * math.asin(chord / 2.0)
+    return math.cos(theta) * a + math.sin(theta) * b
+
+
+def planted_chain(gen: torch.Generator, p: int, eps: float, length: int) -> torch.Tensor:
+    """Points 0.6 eps apart along a great circle: one group, ends far apart."""
+    a, b = _orthonormal_pair(gen, p)
+    step = 2.0 * math.asin(0.6 * eps / 2.0)
+    return torch.stack([math.cos(i * step) * a + math.sin(i * step) * b for i in range(length)])
+
+
+def planted_prototypes(seed: int, eps: float, p: int = 16) -> torch.Tensor:
+    """Random prototypes + duplicate groups + chains + near-threshold pairs, shuffled."""
+    gen = torch.Generator().manual_seed(seed)
+    parts = [torch.randn(40, p, generator=gen, dtype=torch.float64)]
+    for size in (2, 3, 7):  # duplicate groups: jitter far below eps
+        center = torch.randn(1, p, generator=gen, dtype=torch.float64)
+        parts.append(center + 1e-3 * eps * torch.randn(size, p, generator=gen, dtype=torch.float64))
+    for length in (3, 6):
+        parts.append(planted_chain(gen, p, eps, length))
+    for factor in (1 - 1e-3, 1 + 1e-3, 1 - 1e-3, 1 + 1e-3):
+        a, b = _orthonormal_pair(gen, p)
+        parts.append(torch.stack([a, _on_circle(a, b, factor * eps)]))
+    w = torch.cat(parts)
+    scales = torch.rand(w.shape[0], 1, generator=gen, dtype=torch.float64) * 5 + 0.1
+    perm = torch.randperm(w.shape[0], generator=gen)
+    return (w * scales)[perm]
+
+
+def dense_low_dim(seed: int, k: int = 300, p: int = 3) -> torch.Tensor:
+    """Many prototypes on S^2: random near pairs and long chains at moderate eps."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(k, p, generator=gen, dtype=torch.float64)
+
+
+# --- count_unique_prototypes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("eps", [0.01, DEFAULT_EPS, 0.1])
+def test_matches_bruteforce_on_planted_structures(seed: int, eps: float) -> None:
+    w = planted_prototypes(seed, eps)
+    result = count_unique_prototypes(w, eps=eps, block_size=16)
+    expected = brute_labels(w, eps)
+    assert result.num_unique == int(expected.max()) + 1
+    np.testing.assert_array_equal(result.labels, expected)
+    # 40 random + 3 dup groups + 2 chains + 2 linked pairs + 4 unlinked singletons.
+    assert result.num_unique == 40 + 3 + 2 + 2 + 4
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("eps", [0.05, 0.12, 0.25])
+def test_matches_bruteforce_on_dense_random_graphs(seed: int, eps: float) -> None:
+    w = dense_low_dim(seed)
+    result = count_unique_prototypes(w, eps=eps, block_size=37)
+    expected = brute_labels(w, eps)
+    np.testing.assert_array_equal(result.labels, expected)
+    assert 1 < result.num_unique < w.shape[0]  # the case really has non-trivial groups
+
+
+def test_chain_is_one_group_although_its_ends_are_far() -> None:
+    eps = 0.025
+    chain = planted_chain(torch.Generator().manual_seed(0), 32, eps, length=8)
+    assert (chain[0] - chain[-1]).norm() > 4 * eps
+    assert count_unique_prototypes(chain, eps=eps).num_unique == 1
+    # Removing a middle link splits it in two.
+    broken = torch.cat([chain[:3], chain[4:]])
+    assert count_unique_prototypes(broken, eps=eps).num_unique == 2
+
+
+@pytest.mark.parametrize("eps", [0.001, 0.025, 0.3])
+def test_threshold_is_strict_and_exact(eps: float) -> None:
+    a, b = _orthonormal_pair(torch.Generator().manual_seed(1), 64)
+    below = torch.stack([a, _on_circle(a, b, eps * (1 - 1e-3))])
+    above = torch.stack([a, _on_circle(a, b, eps * (1 + 1e-3))])
+    assert count_unique_prototypes(below, eps=eps).num_unique == 1
+    assert count_unique_prototypes(above, eps=eps).num_unique == 2
+    # A pair at a distance d is linked for eps just above d and not at eps = d.
+    units = normalize_prototypes(below)  # the library's own float64 directions
+    d = float(torch.linalg.vector_norm(units[0] - units[1]))
+    assert count_unique_prototypes(below, eps=d).num_unique == 2
+    assert count_unique_prototypes(below, eps=d * (1 + 1e-9)).num_unique == 1
+
+
+def test_exact_duplicates_and_full_collapse() -> None:
+    row = torch.randn(1, 8)
+    result = count_unique_prototypes(row.repeat(50, 1) * torch.arange(1, 51.0)[:, None])
+    assert result.num_unique == 1
+    assert result.group_sizes == [50]
+    assert result.labels.tolist() == [0] * 50
+    assert [m for _, m in uniqueness_curve(row.repeat(50, 1))] == [1] * len(DEFAULT_EPS_GRID)
+
+
+def test_order_independence() -> None:
+    eps = 0.12
+    w = torch.cat([dense_low_dim(5), planted_prototypes(5, eps, p=3)])
+    base = count_unique_prototypes(w, eps=eps, block_size=50)
+    perm = torch.randperm(w.shape[0], generator=torch.Generator().manual_seed(9))
+    permuted = count_unique_prototypes(w[perm], eps=eps, block_size=50)
+    assert permuted.num_unique == base.num_unique
+    # Row r of the permuted matrix is row perm[r] of the original: same grouping.
+    np.testing.assert_array_equal(permuted.labels, relabel_canonical(base.labels[perm.numpy()]))
+    assert permuted.group_sizes == base.group_sizes
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64, 10_000])
+def test_block_size_does_not_change_the_result(block_size: int) -> None:
+    eps = 0.12
+    w = dense_low_dim(6, k=200)
+    reference = count_unique_prototypes(w, eps=eps, block_size=200)
+    result = count_unique_prototypes(w, eps=eps, block_size=block_size)
+    np.testing.assert_array_equal(result.labels, reference.labels)
+    assert result.num_unique == reference.num_unique < 200
+
+
+def test_scale_invariance() -> None:
+    eps = DEFAULT_EPS
+    w = planted_prototypes(7, eps)
+    gen = torch.Generator().manual_seed(8)
+    scales = torch.exp(
+        torch.empty(w.shape[0], 1, dtype=torch.float64).uniform_(-4, 4, generator=gen)
+    )
+    base = count_unique_prototypes(w, eps=eps)
+    scaled = count_unique_prototypes(w * scales, eps=eps)
+    np.testing.assert_array_equal(scaled.labels, base.labels)
+    assert scaled.num_unique == base.num_unique < w.shape[0]
+
+
+def test_float32_and_float16_inputs_give_float64_decisions() -> None:
+    w = dense_low_dim(10, k=120).to(torch.float32)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        wd = w.to(dtype)
+        result = count_unique_prototypes(wd, eps=0.1, block_size=16)
+        np.testing.assert_array_equal(result.labels, brute_labels(wd.to(torch.float64), 0.1))
+
+
+def test_unique_result_fields() -> None:
+    w = torch.cat([torch.eye(4), torch.eye(4)[:2] * 2.0])  # rows 4, 5 duplicate rows 0, 1
+    result = count_unique_prototypes(w)
+    assert isinstance(result, UniqueResult)
+    assert result.num_prototypes == 6 and result.num_unique == 4
+    assert result.labels.dtype == np.int64
+    assert result.labels.tolist() == [0, 1, 2, 3, 0, 1]
+    assert result.group_sizes == [2, 2, 1, 1]
+    assert result.fraction == pytest.approx(4 / 6)
+    assert result.eps == DEFAULT_EPS
+    with pytest.raises(ValueError):
+        result.labels[0] = 3  # frozen result, read-only array
+
+
+def test_zero_rows_stay_finite() -> None:
+    w = torch.cat([torch.zeros(2, 4), torch.eye(4)])
+    result = count_unique_prototypes(w)
+    assert result.labels.tolist() == [0, 0, 1, 2, 3, 4]  # zero rows coincide with each other
+    assert torch.isfinite(nearest_neighbor_distances(w)).all()
+
+
+@pytest.mark.parametrize(
+    ("weights", "kwargs"),
+    [
+        (torch.randn(5), {}),
+        (torch.randn(2, 3, 4), {}),
+        (torch.randn(0, 4), {}),
+        (torch.randn(4, 0), {}),
+        (torch.randn(4, 3), {"eps": 0.0}),
+        (torch.randn(4, 3), {"eps": -0.1}),
+        (torch.randn(4, 3), {"eps": float("nan")}),
+        (torch.randn(4, 3), {"block_size": 0}),
+        (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), {}),
+    ],
+)
+def test_count_rejects_bad_input(weights: torch.Tensor, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        count_unique_prototypes(weights, **kwargs)
+
+
+def test_normalize_prototypes() -> None:
+    w = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]], dtype=torch.float16)
+    out = normalize_prototypes(w)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]]))
+    assert normalize_prototypes(w.double()).dtype == torch.float64
+    with pytest.raises(ValueError):
+        normalize_prototypes(torch.randn(3))
+
+
+# --- uniqueness curve ---------------------------------------------------------------------
+
+
+def _curve_checks(w: torch.Tensor, eps_values: list[float]) -> None:
+    curve = uniqueness_curve(w, eps_values, block_size=23)
+    assert [e for e, _ in curve] == sorted(eps_values)
+    for eps, m in curve:
+        assert m == count_unique_prototypes(w, eps=eps).num_unique
+        assert m == int(brute_labels(w, eps).max()) + 1
+    ms = [m for _, m in curve]
+    assert all(x >= y for x, y in zip(ms, ms[1:], strict=False))
+    assert ms[0] > ms[-1]  # the grid really spans a change
+
+
+def test_uniqueness_curve_on_dense_graph() -> None:
+    _curve_checks(dense_low_dim(11, k=250), [0.3, 0.01, 0.05, 0.1, 0.2, 0.025])
+
+
+def test_uniqueness_curve_at_near_threshold_planted_pairs() -> None:
+    eps = DEFAULT_EPS
+    w = planted_prototypes(12, eps)
+    _curve_checks(w, list(DEFAULT_EPS_GRID))
+    # Exactly at the planted distances eps(1 +- 1e-3) the curve agrees with the count.
+    grid = [eps * (1 - 2e-3), eps, eps * (1 + 2e-3)]
+    curve = uniqueness_curve(w, grid)
+    assert [m for _, m in curve] == [count_unique_prototypes(w, e).num_unique for e in grid]
+    assert curve[0][1] > curve[1][1] > curve[2][1]
+
+
+def test_uniqueness_curve_compaction_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Force the spanning-forest compaction after every tile; the result must not change.
+    w = dense_low_dim(13, k=200)
+    eps_values = [0.05, 0.1, 0.2, 0.4]
+    expected = uniqueness_curve(w, eps_values, block_size=16)
+    monkeypatch.setattr(unique_mod, "_COMPACT_MIN_EDGES", 0)
+    assert uniqueness_curve(w, eps_values, block_size=16) == expected
+    assert [m for _, m in expected] == [int(brute_labels(w, e).max()) + 1 for e in eps_values]
+
+
+def test_uniqueness_curve_rejects_bad_eps() -> None:
+    with pytest.raises(ValueError):
+        uniqueness_curve(torch.randn(4, 3), [])
+    with pytest.raises(ValueError):
+        uniqueness_curve(torch.randn(4, 3), [0.1, 0.0])
+
+
+# --- nearest neighbours and quantiles -----------------------------------------------------
+
+
+@pytest.mark.parametrize("block_size", [5, 2048])
+def test_nearest_neighbor_distances_match_bruteforce(block_size: int) -> None:
+    w = torch.cat([dense_low_dim(14, k=90, p=6), planted_prototypes(14, 0.05, p=6)])
+    d = brute_distances(w)
+    d.fill_diagonal_(math.inf)
+    expected = d.min(dim=1).values
+    got = nearest_neighbor_distances(w, block_size=block_size)
+    assert got.shape == (w.shape[0],) and got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, atol=1e-7, rtol=0)
+
+
+def test_nearest_neighbor_distances_edge_cases() -> None:
+    assert nearest_neighbor_distances(torch.randn(1, 4)).tolist() == [math.inf]
+    twins = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(
+        nearest_neighbor_distances(twins),
+        torch.tensor([0.0, 0.0, math.sqrt(2.0)], dtype=torch.float64),
+    )
+
+
+def test_distance_quantiles() -> None:
+    values = torch.tensor([4.0, 0.0, 2.0, 1.0, 3.0])
+    q = distance_quantiles(values)
+    assert list(q) == ["q0", "q10", "q25", "q50", "q75", "q90", "q100"]
+    assert q["q0"] == 0.0 and q["q50"] == 2.0 and q["q100"] == 4.0
+    assert q["q10"] == pytest.approx(0.4) and q["q25"] == pytest.approx(1.0)
+    assert distance_quantiles(values, (0.025,)) == {"q2.5": pytest.approx(0.1)}
+    for bad in (torch.zeros(0), torch.tensor([1.0, float("nan")])):
+        with pytest.raises(ValueError):
+            distance_quantiles(bad)
+    with pytest.raises(ValueError):
+        distance_quantiles(values, (1.5,))
+
+
+def test_summarize_prototypes_is_consistent_and_json_ready() -> None:
+    gen = torch.Generator().manual_seed(15)
+    base = torch.randn(30, 8, generator=gen)
+    w = torch.cat([base, base[:5] * 3.0, base[:1] * 0.5])  # group of 3 and four of 2
+    summary = summarize_prototypes(w, top_groups=3)
+    assert json.loads(json.dumps(summary, allow_nan=False)) == summary
+    assert summary["K"] == 36 and summary["M"] == 30
+    assert summary["M_over_K"] == pytest.approx(30 / 36)
+    assert summary["eps"] == DEFAULT_EPS
+    assert summary["largest_groups"] == [3, 2, 2]
+    assert summary["uniqueness_curve"] == [[e, m] for e, m in uniqueness_curve(w)]
+    assert summary["nn_distance_quantiles"]["q0"] == pytest.approx(0.0, abs=1e-6)
+    norms = w.double().norm(dim=1)
+    assert summary["norm_quantiles"]["q100"] == pytest.approx(float(norms.max()))
+    assert summary["norm_quantiles"]["q50"] == pytest.approx(float(np.quantile(norms.numpy(), 0.5)))
+    single = summarize_prototypes(torch.randn(1, 4))
+    assert single["M"] == 1 and single["nn_distance_quantiles"] == {}
+    json.dumps(single, allow_nan=False)
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+def test_prototype_usage_matches_hand_computation() -> None:
+    stats = prototype_usage(torch.tensor([0, 0, 1, 1, 1, 3]), num_prototypes=5)
+    assert stats.counts.tolist() == [2, 3, 0, 1, 0]
+    assert stats.counts.dtype == np.int64
+    expected = -(1 / 3 * math.log(1 / 3) + 1 / 2 * math.log(1 / 2) + 1 / 6 * math.log(1 / 6))
+    assert stats.entropy == pytest.approx(expected)
+    assert stats.perplexity == pytest.approx(math.exp(expected))
+    assert (stats.num_used, stats.num_dead, stats.num_prototypes) == (3, 2, 5)
+
+
+def test_prototype_usage_extremes() -> None:
+    uniform = prototype_usage(torch.arange(8).repeat(3), num_prototypes=8)
+    assert uniform.entropy == pytest.approx(math.log(8))
+    assert uniform.perplexity == pytest.approx(8.0)
+    assert uniform.num_dead == 0
+    one_hot = prototype_usage(torch.full((10,), 4), num_prototypes=6)
+    assert one_hot.entropy == 0.0 and one_hot.perplexity == 1.0
+    assert (one_hot.num_used, one_hot.num_dead) == (1, 5)
+
+
+def test_usage_from_logits() -> None:
+    logits = torch.tensor(
+        [
+            [[0.0, 2.0, 1.0, -1.0], [3.0, 0.0, 0.0, 0.0]],
+            [[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 0.0, 9.0]],
+        ]
+    )
+    stats = usage_from_logits(logits)
+    assert stats.counts.tolist() == [1, 2, 0, 1]
+    assert stats.num_prototypes == 4 and stats.num_dead == 1
+
+
+@pytest.mark.parametrize(
+    ("assignments", "k"),
+    [
+        (torch.tensor([0, 5]), 5),
+        (torch.tensor([-1, 2]), 5),
+        (torch.tensor([0, 1]), 0),
+        (torch.tensor([0.0, 1.0]), 3),
+        (torch.zeros(0, dtype=torch.long), 3),
+    ],
+)
+def test_prototype_usage_rejects_bad_input(assignments: torch.Tensor, k: int) -> None:
+    with pytest.raises(ValueError):
+        prototype_usage(assignments, num_prototypes=k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    w = torch.cat([dense_low_dim(16, k=500), planted_prototypes(16, 0.1, p=3)])
+    cpu = count_unique_prototypes(w.float(), eps=0.1, block_size=64)
+    gpu = count_unique_prototypes(w.float().cuda(), eps=0.1, block_size=64)
+    np.testing.assert_array_equal(gpu.labels, cpu.labels)
+    assert uniqueness_curve(w.cuda(), block_size=64) == uniqueness_curve(w, block_size=64)
+    torch.testing.assert_close(
+        nearest_neighbor_distances(w.cuda()), nearest_neighbor_distances(w), atol=1e-7, rtol=0
+    )
