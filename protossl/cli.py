@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,20 +82,28 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     result = {
         "checkpoint": str(args.checkpoint),
         "format": "protossl",
-        "heads": {name: summarize_prototypes(w, eps=args.eps) for name, w in heads.items()},
+        "heads": {},
     }
+    for name, weights in heads.items():
+        try:
+            result["heads"][name] = summarize_prototypes(weights, eps=args.eps)
+        except ValueError as exc:
+            raise UserError(f"{args.checkpoint}: head '{name}': {exc}") from None
     if args.json:
         print(json.dumps(result))
         return 0
     for name, head in result["heads"].items():
         curve = "  ".join(f"{eps:g}:{m}" for eps, m in head["uniqueness_curve"])
         nn = head["nn_distance_quantiles"]
+        nn_text = (
+            f"q10 {nn['q10']:.3f}  median {nn['q50']:.3f}  q90 {nn['q90']:.3f}" if nn else "-"
+        )
         print(
-            f"{name}: K {head['K']}  M {head['M']}  M/K {head['M_over_K']:.3f}  (eps {head['eps']})\n"
+            f"{name}: K {head['K']}  M {head['M']}  M/K {head['M_over_K']:.3f}"
+            f"  (eps {head['eps']})\n"
             f"  uniqueness curve (eps:M)  {curve}\n"
             f"  largest groups            {head['largest_groups']}\n"
-            f"  nearest-neighbour dist    q10 {nn['q10']:.3f}  median {nn['q50']:.3f}"
-            f"  q90 {nn['q90']:.3f}",
+            f"  nearest-neighbour dist    {nn_text}",
             file=sys.stderr,
         )
     return 0
@@ -153,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/latest", help="run directory")
     train.add_argument("--epochs", type=_positive_int, help="number of epochs")
     train.add_argument("--max-steps", type=_positive_int, help="cap on optimizer steps")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoints/last.pt"
+    )
     train.add_argument(
         "--stop-after-epochs",
         type=_positive_int,
@@ -204,7 +215,7 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
     return value
 
@@ -218,8 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the last checkpoint is kept (continue with --resume)",
-              file=sys.stderr)
+        print(
+            f"{PROG}: interrupted; the last checkpoint is kept (continue with --resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -152,7 +153,9 @@ def _read_yaml_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+        raise UserError(
+            f"config file {path} must hold a mapping of keys, got {type(data).__name__}"
+        )
     return data
 
 
@@ -187,13 +190,18 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return _coerce(value, inner[0], key)
     if origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise UserError(f"{key} must be a list like [0.4, 1.0] (got {value!r})") from None
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list like [0.4, 1.0] (got {value!r})")
         return [_coerce(v, args[0], key) for v in value]
     if annotation is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
@@ -214,9 +222,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise UserError(f"{key} must be a number (got {value!r})")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise UserError(f"{key} must be a number (got {value!r})") from None
+        if not math.isfinite(number):
+            raise UserError(f"{key} must be a finite number (got {value!r})")
+        return number
     if annotation is str:
         if not isinstance(value, (str, int, float)):
             raise UserError(f"{key} must be a string (got {value!r})")
@@ -246,7 +257,9 @@ def _merge_into(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
 
 def _override_to_nested(override: str) -> dict[str, Any]:
     if "=" not in override:
-        raise UserError(f"--set expects key=value (got '{override}'), e.g. model.num_prototypes=1024")
+        raise UserError(
+            f"--set expects key=value (got '{override}'), e.g. model.num_prototypes=1024"
+        )
     key, raw = override.split("=", 1)
     key = key.strip()
     if not key:

@@ -79,7 +79,7 @@ def _run_all(out: Path, epochs: int, parallel: bool) -> None:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of the demo runs."""
-    header = ["run", "K", "M", "M/K", "used", "usage H", "kNN top-1", "minutes"]
+    header = ["run", "K", "M", "M/K", "used", "usage H", "NN median", "kNN top-1", "minutes"]
     lines = [header]
     for row in rows:
         knn = next((v for k, v in row.get("eval", {}).items() if k.startswith("knn_top1")), None)
@@ -91,12 +91,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"{row['M_over_K']:.3f}",
                 str(row["usage"]["prototypes_used"]),
                 f"{row['usage']['usage_entropy']:.2f}",
+                f"{row['prototypes']['nn_distance_quantiles'].get('q50', float('nan')):.3f}",
                 "-" if knn is None else f"{knn:.3f}",
                 f"{row['wall_time_seconds'] / 60:.1f}",
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
+    rows_text = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(rows_text)
 
 
 def run_demo(out: Path, epochs: int | None = None, parallel: bool = True) -> list[dict[str, Any]]:

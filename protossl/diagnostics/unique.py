@@ -118,13 +118,8 @@ def count_unique_prototypes(
         100
     """
     _check_eps(eps)
-    units = _unit_directions(weights, block_size)
-    sets = _DisjointSet(units.shape[0])
-    thresholds = np.array([eps], dtype=np.float64)
-    for tile in _upper_tiles(units.shape[0], block_size):
-        rows, cols, _ = _tile_edges(units, tile, thresholds)
-        sets.union(rows, cols)
-    return _make_result(_canonical_labels(sets.roots()), eps)
+    scan = _scan(_unit_directions(weights, block_size), block_size, link_eps=eps)
+    return scan.unique_result()
 
 
 def uniqueness_curve(
@@ -143,13 +138,8 @@ def uniqueness_curve(
         [50, 50]
     """
     eps_sorted = _check_eps_values(eps_values)
-    units = _unit_directions(weights, block_size)
-    k = units.shape[0]
-    forest = _SpanningForest(k)
-    for tile in _upper_tiles(k, block_size):
-        forest.add(*_tile_edges(units, tile, eps_sorted))
-    merges = np.searchsorted(forest.sorted_lengths(), eps_sorted, side="left")
-    return [(float(e), int(k - n)) for e, n in zip(eps_sorted, merges, strict=True)]
+    scan = _scan(_unit_directions(weights, block_size), block_size, curve_eps=eps_sorted)
+    return scan.curve()
 
 
 def nearest_neighbor_distances(weights: torch.Tensor, block_size: int = 2048) -> torch.Tensor:
@@ -163,19 +153,8 @@ def nearest_neighbor_distances(weights: torch.Tensor, block_size: int = 2048) ->
         >>> nearest_neighbor_distances(torch.eye(2))
         tensor([1.4142, 1.4142], dtype=torch.float64)
     """
-    units = _unit_directions(weights, block_size)
-    k = units.shape[0]
-    if k == 1:
-        return torch.full((1,), math.inf, dtype=torch.float64)
-    best = torch.full((k,), math.inf, dtype=torch.float64, device=units.device)
-    arg = torch.zeros(k, dtype=torch.long, device=units.device)
-    for r0, r1, c0, c1 in _upper_tiles(k, block_size):
-        d2 = _tile_sq_distances(units, (r0, r1, c0, c1))
-        if r0 == c0:
-            d2.fill_diagonal_(math.inf)  # a prototype is not its own neighbour
-        _update_min(best, arg, r0, *d2.min(dim=1), offset=c0)
-        _update_min(best, arg, c0, *d2.min(dim=0), offset=r0)
-    return torch.linalg.vector_norm(units - units[arg], dim=1).cpu()
+    scan = _scan(_unit_directions(weights, block_size), block_size, nearest=True)
+    return scan.nearest_distances()
 
 
 def distance_quantiles(
@@ -203,6 +182,7 @@ def summarize_prototypes(
     eps: float = DEFAULT_EPS,
     eps_grid: Sequence[float] = DEFAULT_EPS_GRID,
     top_groups: int = 10,
+    block_size: int = 2048,
 ) -> dict:
     """A JSON-ready collapse report for one prototype matrix (Govindarajan et al.).
 
@@ -218,17 +198,21 @@ def summarize_prototypes(
     """
     if top_groups < 0:
         raise ValueError(f"top_groups must be >= 0 (got {top_groups})")
-    result = count_unique_prototypes(weights, eps)
+    _check_eps(eps)
+    units = _unit_directions(weights, block_size)
+    # One pass serves all three measures: the distance tiles dominate the cost.
+    scan = _scan(units, block_size, eps, _check_eps_values(eps_grid), nearest=True)
+    result = scan.unique_result()
     norms = torch.linalg.vector_norm(weights.detach().to("cpu", torch.float64), dim=1)
-    nn = nearest_neighbor_distances(weights) if result.num_prototypes > 1 else None
+    nn = scan.nearest_distances()
     return {
         "K": result.num_prototypes,
         "M": result.num_unique,
         "M_over_K": result.fraction,
         "eps": float(eps),
-        "uniqueness_curve": [[e, m] for e, m in uniqueness_curve(weights, eps_grid)],
+        "uniqueness_curve": [[e, m] for e, m in scan.curve()],
         "largest_groups": result.group_sizes[:top_groups],
-        "nn_distance_quantiles": distance_quantiles(nn) if nn is not None else {},
+        "nn_distance_quantiles": distance_quantiles(nn) if nn.numel() > 1 else {},
         "norm_quantiles": distance_quantiles(norms),
     }
 
@@ -303,7 +287,7 @@ def _tile_sq_distances(units: torch.Tensor, tile: Tile) -> torch.Tensor:
 
 
 def _tile_edges(
-    units: torch.Tensor, tile: Tile, thresholds: np.ndarray
+    units: torch.Tensor, tile: Tile, d2: torch.Tensor, thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs i < j of a tile closer than ``thresholds.max()``, with their distances.
 
@@ -311,8 +295,8 @@ def _tile_edges(
     re-measured directly, so every ``d < t`` decision matches the direct formula.
     """
     r0, _, c0, _ = tile
-    d2 = _tile_sq_distances(units, tile)
-    cand = d2 < float(thresholds.max()) ** 2 + _REFINE_BAND
+    limit = float(thresholds.max())
+    cand = d2 < limit * limit + _REFINE_BAND
     if r0 == c0:
         cand.triu_(diagonal=1)  # diagonal tile: each pair once, no self-pairs
     ii, jj = cand.nonzero(as_tuple=True)
@@ -326,27 +310,12 @@ def _tile_edges(
     for s in range(0, idx.numel(), _REFINE_CHUNK):
         sel = idx[s : s + _REFINE_CHUNK]
         dist[sel] = torch.linalg.vector_norm(units[ii[sel]] - units[jj[sel]], dim=1)
-    keep = dist < float(thresholds.max())
+    keep = dist < limit
     return _numpy(ii[keep]), _numpy(jj[keep]), dist[keep].cpu().numpy()
 
 
 def _numpy(index: torch.Tensor) -> np.ndarray:
     return index.to("cpu", torch.int64).numpy()
-
-
-def _update_min(
-    best: torch.Tensor,
-    arg: torch.Tensor,
-    start: int,
-    values: torch.Tensor,
-    indices: torch.Tensor,
-    offset: int,
-) -> None:
-    """Fold one tile's per-row minima into the running nearest-neighbour arrays."""
-    end = start + values.numel()
-    better = values < best[start:end]
-    best[start:end] = torch.where(better, values, best[start:end])
-    arg[start:end] = torch.where(better, indices + offset, arg[start:end])
 
 
 # --- union-find and spanning forest ----------------------------------------------------
@@ -456,6 +425,103 @@ def _minimum_spanning_forest(
     tree = minimum_spanning_tree(coo_matrix((rank, (i, j)), shape=(k, k)).tocsr())
     kept = tree.tocoo().data.astype(np.int64) - 1
     return i[kept], j[kept], d[kept]
+
+
+# --- one blocked pass -----------------------------------------------------------------
+
+
+class _NearestNeighbors:
+    """Running nearest-neighbour index of every prototype, folded in tile by tile."""
+
+    def __init__(self, k: int, device: torch.device) -> None:
+        self.best = torch.full((k,), math.inf, dtype=torch.float64, device=device)
+        self.arg = torch.zeros(k, dtype=torch.long, device=device)
+
+    def update(self, d2: torch.Tensor, tile: Tile) -> None:
+        r0, _, c0, _ = tile
+        if r0 == c0:
+            d2 = d2.clone().fill_diagonal_(math.inf)  # a prototype is not its own neighbour
+        # Tiles cover i < j only, so each tile informs both its rows and its columns.
+        self._fold(r0, *d2.min(dim=1), offset=c0)
+        self._fold(c0, *d2.min(dim=0), offset=r0)
+
+    def _fold(self, start: int, values: torch.Tensor, idx: torch.Tensor, offset: int) -> None:
+        end = start + values.numel()
+        better = values < self.best[start:end]
+        self.best[start:end] = torch.where(better, values, self.best[start:end])
+        self.arg[start:end] = torch.where(better, idx + offset, self.arg[start:end])
+
+    def distances(self, units: torch.Tensor) -> torch.Tensor:
+        if units.shape[0] == 1:
+            return torch.full((1,), math.inf, dtype=torch.float64)
+        # Re-measure directly: the Gram form loses digits for nearly equal directions.
+        return torch.linalg.vector_norm(units - units[self.arg], dim=1).cpu()
+
+
+@dataclass
+class _Scan:
+    """Accumulators of one pass over all pairs; each is None when not requested."""
+
+    units: torch.Tensor
+    link: tuple[float, _DisjointSet] | None  # union-find at one eps
+    forest: tuple[np.ndarray, _SpanningForest] | None  # spanning forest for sorted eps values
+    nearest: _NearestNeighbors | None
+
+    def visit(self, tile: Tile, thresholds: np.ndarray) -> None:
+        d2 = _tile_sq_distances(self.units, tile)
+        if thresholds.size:
+            i, j, d = _tile_edges(self.units, tile, d2, thresholds)
+            if self.link is not None:
+                eps, sets = self.link
+                sets.union(i[d < eps], j[d < eps])
+            if self.forest is not None:
+                eps_sorted, forest = self.forest
+                keep = d < eps_sorted[-1]
+                forest.add(i[keep], j[keep], d[keep])
+        if self.nearest is not None:
+            self.nearest.update(d2, tile)
+
+    def unique_result(self) -> UniqueResult:
+        if self.link is None:
+            raise RuntimeError("this scan did not link prototypes")
+        eps, sets = self.link
+        return _make_result(_canonical_labels(sets.roots()), eps)
+
+    def curve(self) -> list[tuple[float, int]]:
+        if self.forest is None:
+            raise RuntimeError("this scan did not build a spanning forest")
+        eps_sorted, forest = self.forest
+        k = self.units.shape[0]
+        merges = np.searchsorted(forest.sorted_lengths(), eps_sorted, side="left")
+        return [(float(e), int(k - n)) for e, n in zip(eps_sorted, merges, strict=True)]
+
+    def nearest_distances(self) -> torch.Tensor:
+        if self.nearest is None:
+            raise RuntimeError("this scan did not track nearest neighbours")
+        return self.nearest.distances(self.units)
+
+
+def _scan(
+    units: torch.Tensor,
+    block_size: int,
+    link_eps: float | None = None,
+    curve_eps: np.ndarray | None = None,
+    nearest: bool = False,
+) -> _Scan:
+    """One blocked pass: union-find at ``link_eps``, forest up to max(``curve_eps``), NN."""
+    k = units.shape[0]
+    scan = _Scan(
+        units=units,
+        link=(link_eps, _DisjointSet(k)) if link_eps is not None else None,
+        forest=(curve_eps, _SpanningForest(k)) if curve_eps is not None else None,
+        nearest=_NearestNeighbors(k, units.device) if nearest else None,
+    )
+    wanted = [link_eps] if link_eps is not None else []
+    wanted += curve_eps.tolist() if curve_eps is not None else []
+    thresholds = np.array(sorted(set(wanted)), dtype=np.float64)
+    for tile in _upper_tiles(k, block_size):
+        scan.visit(tile, thresholds)
+    return scan
 
 
 # --- results ---------------------------------------------------------------------------

@@ -231,7 +231,14 @@ class Trainer:
     @staticmethod
     def config_of_run(run_dir: str | Path) -> Config:
         """The configuration saved in a run's last checkpoint."""
-        state = load_checkpoint(RunPaths(Path(run_dir)).last_checkpoint)
+        path = RunPaths(Path(run_dir)).last_checkpoint
+        if not path.is_file():
+            raise UserError(
+                f"cannot resume: {path} does not exist; start a new run without --resume"
+            )
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT or not isinstance(state.get("config"), dict):
+            raise UserError(f"{path} is not a protossl training checkpoint; cannot resume from it")
         return config_from_dict(state["config"])
 
     # ---------------------------------------------------------------- training
@@ -267,7 +274,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.cfg.optim.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(self.method.student.parameters(), self.cfg.optim.clip_grad)
+            torch.nn.utils.clip_grad_norm_(
+                self.method.student.parameters(), self.cfg.optim.clip_grad
+            )
         if epoch < self.cfg.optim.freeze_last_layer_epochs:
             # DINO freezes the prototypes during the first epoch(s) for stability.
             for param in self.method.prototype_parameters():
@@ -304,9 +313,9 @@ class Trainer:
             sums: dict[str, float] = {}
             count = 0
             for i, (crops, _labels) in enumerate(self._loader(epoch)):
-                step = epoch * self.steps_per_epoch + i
-                if step >= self.total_steps:
+                if epoch * self.steps_per_epoch + i >= self.total_steps:
                     break
+                step = epoch * self.steps_per_epoch + i
                 terms = self._train_step(crops, step, epoch)
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -325,6 +334,7 @@ class Trainer:
         if writer is not None:
             writer.close()
         self.elapsed_before += time.perf_counter() - started
+        self.start_epoch = max(self.start_epoch, last_epoch)  # a later fit() continues here
         finished = last_epoch >= self.num_epochs
         summary = self._summary(finished)
         if main:
@@ -408,7 +418,12 @@ class Trainer:
             "eps": self.cfg.monitor.eps,
             "usage": {
                 key: measured[key]
-                for key in ("usage_entropy", "usage_perplexity", "prototypes_used", "dead_prototypes")
+                for key in (
+                    "usage_entropy",
+                    "usage_perplexity",
+                    "prototypes_used",
+                    "dead_prototypes",
+                )
             },
             "prototypes": summarize_prototypes(
                 self.method.student_prototypes().detach(), eps=self.cfg.monitor.eps
@@ -432,7 +447,9 @@ def evaluate_knn(
     """Weighted kNN (DINO: k=20, T=0.07) on the teacher backbone's frozen features."""
     transform = EvalTransform(cfg.data.image_size)
     train: ImageDataset = load_dataset(train_spec or cfg.data.spec, "train", transform=transform)
-    test: ImageDataset = load_dataset(test_spec or train_spec or cfg.data.spec, "test", transform=transform)
+    test: ImageDataset = load_dataset(
+        test_spec or train_spec or cfg.data.spec, "test", transform=transform
+    )
     was_training = method.training
     method.eval()
     try:

@@ -36,18 +36,32 @@ def evaluate_run(
         )
     file = resolve_checkpoint_path(run)
     state = load_checkpoint(file)
-    if state.get("format") != "protossl":
+    if (
+        state.get("format") != "protossl"
+        or not isinstance(state.get("config"), dict)
+        or not isinstance(state.get("method"), dict)
+    ):
         raise UserError(f"{file} is not a protossl training checkpoint; eval needs one")
     cfg = config_from_dict(state["config"])
     method = build_method(cfg)
-    method.load_state_dict(state["method"])
+    try:
+        method.load_state_dict(state["method"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{file}: weights do not match its config ({first})") from None
     results: dict[str, float] = {}
     if "knn" in protocols:
         results.update(evaluate_knn(method, cfg, train_spec=data, test_spec=test_data))
     output = {"checkpoint": str(file), "data": data, "test_data": test_data, "results": results}
     summary_path = Path(run) / "summary.json"
     if Path(run).is_dir() and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(
+                f"{summary_path} is not valid JSON; results not written there (printed below "
+                "with --json); move the file away and run eval again"
+            ) from None
         summary.setdefault("eval", {}).update(results)
         tmp = summary_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n")

@@ -92,5 +92,7 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
 def build_method(cfg: Config) -> Method:
     """Build the method named by ``cfg.method`` (seeded by the caller)."""
     if cfg.method not in METHODS:
-        raise UserError(f"unknown method '{cfg.method}'; known methods: {', '.join(sorted(METHODS))}")
+        raise UserError(
+            f"unknown method '{cfg.method}'; known methods: {', '.join(sorted(METHODS))}"
+        )
     return METHODS[cfg.method](cfg)

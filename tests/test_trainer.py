@@ -1,0 +1,140 @@
+"""Trainer: exact resume, NaN handling, frozen prototypes, EMA teacher, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from protossl.config import Config, load_config
+from protossl.engine.trainer import TIMING_KEYS, Trainer, TrainingDivergedError
+from protossl.methods import build_method
+
+TINY = [
+    "data.batch_size=256",
+    "data.num_local_crops=1",
+    "model.backbone=vit_tiny",
+    "model.num_prototypes=32",
+    "model.head_hidden_dim=32",
+    "model.bottleneck_dim=16",
+    "optim.epochs=3",
+    "optim.warmup_epochs=1",
+    "optim.freeze_last_layer_epochs=1",
+    "monitor.monitor_samples=64",
+    "monitor.eval_knn=false",
+]
+
+
+def tiny_config(preset: str = "dino-kp", *extra: str) -> Config:
+    return load_config(preset, overrides=[*TINY, *extra])
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def _state(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+
+
+def _max_steps(cfg: Config, steps: int) -> Config:
+    cfg.optim.max_steps = steps
+    return cfg
+
+
+@pytest.mark.parametrize("preset", ["dino", "dino-kp"])
+def test_resume_is_bit_exact(tmp_path: Path, preset: str) -> None:
+    # Digits has 1438 training images: 5 steps of 256 per epoch, 3 epochs in all.
+    full, split = tmp_path / "full", tmp_path / "split"
+    Trainer(tiny_config(preset), full, progress=False).fit()
+    Trainer(tiny_config(preset), split, progress=False).fit(stop_after_epochs=1)
+    assert _state(split)["epoch"] == 1
+    Trainer(tiny_config(preset), split, resume=True, progress=False).fit()
+
+    a, b = _state(full), _state(split)
+    assert a["step"] == b["step"] == 15
+    for key, value in a["method"].items():
+        assert torch.equal(value, b["method"][key]), key
+    for (ka, va), (kb, vb) in zip(
+        a["optimizer"]["state"].items(), b["optimizer"]["state"].items(), strict=True
+    ):
+        assert ka == kb
+        for name in va:
+            assert torch.equal(va[name], vb[name]), (ka, name)
+    assert _metrics(full) == _metrics(split)
+    assert len(_metrics(full)) == 3
+
+
+def test_resume_requires_checkpoint_and_new_run_refuses_overwrite(tmp_path: Path) -> None:
+    from protossl.errors import UserError
+
+    with pytest.raises(UserError, match="--resume"):
+        Trainer(tiny_config(), tmp_path / "none", resume=True, progress=False)
+    run = tmp_path / "run"
+    Trainer(_max_steps(tiny_config(), 1), run, progress=False).fit()
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        Trainer(tiny_config(), run, progress=False)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(), run, progress=False)
+    trainer.fit(stop_after_epochs=1)
+    good = (run / "checkpoints" / "last.pt").read_bytes()
+
+    resumed = Trainer(tiny_config(), run, resume=True, progress=False)
+    with torch.no_grad():  # poison the student: the next loss is NaN
+        next(resumed.method.student.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match=r"at step 5 \(epoch 1\)"):
+        resumed.fit()
+    assert (run / "checkpoints" / "last.pt").read_bytes() == good
+
+
+def test_prototypes_frozen_during_first_epoch_only(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config("dino-kp")
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    initial = trainer.method.student_prototypes().detach().clone()
+    trainer.fit(stop_after_epochs=1)
+    assert torch.equal(trainer.method.student_prototypes().detach(), initial)
+    trainer.fit(stop_after_epochs=2)  # continues in-process from epoch 1
+    assert not torch.equal(trainer.method.student_prototypes().detach(), initial)
+
+
+def test_update_teacher_is_ema_of_parameters() -> None:
+    torch.manual_seed(0)
+    method = build_method(tiny_config("dino"))
+    with torch.no_grad():
+        for param in method.student.parameters():
+            param.add_(torch.randn_like(param))
+    teacher = [p.detach().clone() for p in method.teacher.parameters()]
+    student = [p.detach().clone() for p in method.student.parameters()]
+    method.update_teacher(0.9)
+    for new, t, s in zip(method.teacher.parameters(), teacher, student, strict=True):
+        torch.testing.assert_close(new, 0.9 * t + 0.1 * s)
+
+
+def test_metrics_record_both_faces_of_collapse(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = tiny_config("dino", "optim.epochs=1")
+    summary = Trainer(cfg, run, progress=False).fit()
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert row["K"] == 32 and 1 <= row["M"] <= 32
+    assert row["prototypes_used"] + row["dead_prototypes"] == 32
+    assert 0.0 <= row["usage_entropy"] <= torch.log(torch.tensor(32.0)).item() + 1e-6
+    assert row["step"] == 5 and row["epoch"] == 0
+    # lr at the last step of epoch 0 equals the cosine schedule's value there.
+    assert row["lr"] == pytest.approx(trainer_lr(cfg, 4))
+    assert summary["K"] == 32 and summary["M"] == row["M"] and summary["finished"]
+
+
+def trainer_lr(cfg: Config, step: int) -> float:
+    from protossl.engine.schedules import cosine_schedule
+
+    base = cfg.optim.lr * cfg.data.batch_size / 256
+    return float(cosine_schedule(base, cfg.optim.min_lr, 5, warmup_steps=5)[step])
