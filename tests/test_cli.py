@@ -420,13 +420,6 @@ def test_resume_with_a_changed_model_is_refused(
     assert file_digests(run_copy) == before
 
 
-@pytest.mark.xfail(
-    reason="BUG trainer.py:309-319: with max_steps not a multiple of the steps per epoch, "
-    "the loop breaks with step == total_steps and _epoch_record reads schedules.lr[step] "
-    "(IndexError: index 2 is out of bounds for axis 0 with size 2)",
-    raises=IndexError,
-    strict=True,
-)
 def test_max_steps_inside_an_epoch(
     data_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -453,12 +446,6 @@ def test_max_steps_inside_an_epoch(
     assert state["step"] == 2
 
 
-@pytest.mark.xfail(
-    reason="BUG trainer.py Trainer.config_of_run: reads state['config'] without checking the "
-    "format, so --resume on a foreign checkpoint is a KeyError traceback",
-    raises=KeyError,
-    strict=True,
-)
 def test_resume_from_a_foreign_checkpoint_is_a_user_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -619,13 +606,6 @@ def test_malicious_pickle_is_refused_without_running(
         assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    reason="BUG cli.py _cmd_analyze: ValueError from summarize_prototypes (1-D, empty or "
-    "NaN prototype tensor) and from a non-finite --eps ('inf' passes _positive_float) "
-    "escapes as a traceback instead of exit 2",
-    raises=ValueError,
-    strict=True,
-)
 @pytest.mark.parametrize("case", ["one_d", "empty", "nan", "eps_inf"])
 def test_analyze_bad_prototype_tensor_is_a_user_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
@@ -677,13 +657,6 @@ def test_eval_bad_arguments_leave_the_run_untouched(
     assert file_digests(run_copy) == before
 
 
-@pytest.mark.xfail(
-    reason="BUG run_eval.py evaluate_run: a protossl checkpoint without 'config' is a "
-    "KeyError, and one whose 'method' does not match the config is a RuntimeError from "
-    "load_state_dict; both escape as tracebacks instead of exit 2",
-    raises=(KeyError, RuntimeError),
-    strict=True,
-)
 @pytest.mark.parametrize("with_config", [False, True])
 def test_eval_of_a_prototype_only_checkpoint_is_a_user_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], with_config: bool
@@ -701,12 +674,6 @@ def test_eval_of_a_prototype_only_checkpoint_is_a_user_error(
     assert_one_line_error(*run_cli(["eval", str(path), "--data", "digits"], capsys))
 
 
-@pytest.mark.xfail(
-    reason="BUG run_eval.py evaluate_run: a corrupt RUN/summary.json raises "
-    "json.JSONDecodeError (traceback) after the evaluation instead of exit 2",
-    raises=json.JSONDecodeError,
-    strict=True,
-)
 def test_eval_with_a_corrupt_summary_is_a_user_error(
     run_copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

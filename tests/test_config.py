@@ -382,22 +382,10 @@ def test_wrong_type_in_file(tmp_path: Path) -> None:
     _raises_user_error(preset="dino", config_file=file, match="optim.epochs")
 
 
-@pytest.mark.xfail(
-    reason="BUG config.py _coerce list branch: yaml.safe_load(value) on an unparsable string "
-    "raises yaml.YAMLError (a traceback) instead of UserError",
-    raises=yaml.YAMLError,
-    strict=True,
-)
 def test_unparsable_list_value_is_a_user_error() -> None:
     _raises_user_error(preset="dino", overrides=["data.global_scale=[0.4,"], match="global_scale")
 
 
-@pytest.mark.xfail(
-    reason="BUG config.py _coerce bool branch accepts the strings '1'/'0' but --set parses "
-    "them with YAML to the ints 1/0 first, which it then rejects",
-    raises=UserError,
-    strict=True,
-)
 @pytest.mark.parametrize(("text", "expected"), [("1", True), ("0", False)])
 def test_bool_accepts_one_and_zero_from_the_command_line(text: str, expected: bool) -> None:
     assert load_config("dino", overrides=[f"monitor.eval_knn={text}"]).monitor.eval_knn is expected

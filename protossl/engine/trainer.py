@@ -267,7 +267,7 @@ class Trainer:
         out = self.method.training_step(crops, float(self.schedules.teacher_temp[step]))
         if not torch.isfinite(out.loss):
             raise TrainingDivergedError(
-                f"loss became {float(out.loss)} at step {step} (epoch {epoch}); the last good "
+                f"loss became {float(out.loss.detach())} at step {step} (epoch {epoch}); the last good "
                 f"checkpoint is kept in {self.paths.checkpoints}; lower optim.lr or raise "
                 "objective.teacher_temp, then --resume"
             )
