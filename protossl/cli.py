@@ -79,20 +79,17 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from protossl.diagnostics.checkpoints import read_prototype_heads
 
     heads = read_prototype_heads(args.checkpoint)
-    result = {
-        "checkpoint": str(args.checkpoint),
-        "format": "protossl",
-        "heads": {},
-    }
+    summaries: dict[str, dict[str, Any]] = {}
     for name, weights in heads.items():
         try:
-            result["heads"][name] = summarize_prototypes(weights, eps=args.eps)
+            summaries[name] = summarize_prototypes(weights, eps=args.eps)
         except ValueError as exc:
             raise UserError(f"{args.checkpoint}: head '{name}': {exc}") from None
+    result = {"checkpoint": str(args.checkpoint), "format": "protossl", "heads": summaries}
     if args.json:
         print(json.dumps(result))
         return 0
-    for name, head in result["heads"].items():
+    for name, head in summaries.items():
         curve = "  ".join(f"{eps:g}:{m}" for eps, m in head["uniqueness_curve"])
         nn = head["nn_distance_quantiles"]
         nn_text = (

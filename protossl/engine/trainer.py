@@ -117,7 +117,8 @@ class Schedules:
 
 def _parameter_groups(module: torch.nn.Module) -> list[dict[str, Any]]:
     # As in DINO: no weight decay on biases and normalization parameters.
-    decayed, plain = [], []
+    decayed: list[torch.nn.Parameter] = []
+    plain: list[torch.nn.Parameter] = []
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
@@ -179,8 +180,8 @@ class Trainer:
                 cfg.data.image_size,
                 num_local_crops=cfg.data.num_local_crops,
                 local_size=cfg.data.local_size,
-                global_scale=tuple(cfg.data.global_scale),
-                local_scale=tuple(cfg.data.local_scale),
+                global_scale=(cfg.data.global_scale[0], cfg.data.global_scale[1]),
+                local_scale=(cfg.data.local_scale[0], cfg.data.local_scale[1]),
             ),
             seed=cfg.seed,
         )
@@ -267,9 +268,9 @@ class Trainer:
         out = self.method.training_step(crops, float(self.schedules.teacher_temp[step]))
         if not torch.isfinite(out.loss):
             raise TrainingDivergedError(
-                f"loss became {float(out.loss.detach())} at step {step} (epoch {epoch}); the last good "
-                f"checkpoint is kept in {self.paths.checkpoints}; lower optim.lr or raise "
-                "objective.teacher_temp, then --resume"
+                f"loss became {float(out.loss.detach())} at step {step} (epoch {epoch}); "
+                f"the last good checkpoint is kept in {self.paths.checkpoints}; "
+                "lower optim.lr or raise objective.teacher_temp, then --resume"
             )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()

@@ -38,8 +38,8 @@ class StudentTeacherNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.head = head
+        self.backbone: nn.Module = backbone
+        self.head: DINOHead = head
 
     def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """Logits [num_crops, B, K] for a list of crops (each [B, 3, H, W])."""
@@ -73,8 +73,8 @@ class DINO(Method):
             num_layers=m.head_layers,
             use_bn=m.use_bn_in_head,
         )
-        self.student = StudentTeacherNet(backbone, head)
-        self.teacher = copy.deepcopy(self.student)
+        self.student: StudentTeacherNet = StudentTeacherNet(backbone, head)
+        self.teacher: StudentTeacherNet = copy.deepcopy(self.student)
         for param in self.teacher.parameters():
             param.requires_grad_(False)
         self.cross_entropy = DINOCrossEntropy(student_temp=o.student_temp)

@@ -65,14 +65,22 @@ def vit_small(image_size: int) -> Backbone:
     return _vit(image_size, embed_dim=384, depth=12, heads=6)
 
 
-def _small_image_resnet(image_size: int, channels: tuple[int, ...], layers: tuple[int, ...]):
-    net = ResNet(BasicBlock, layers, num_classes=0, channels=channels, stem_width=channels[0])
+def _small_image_resnet(
+    image_size: int, channels: tuple[int, ...], layers: tuple[int, ...]
+) -> Backbone:
+    net = ResNet(
+        BasicBlock,  # type: ignore[arg-type]  # timm annotates the class as an instance
+        layers,
+        num_classes=0,
+        channels=channels,
+        stem_width=channels[0],
+    )
     if image_size <= 64:
         # CIFAR-style stem: a 7x7/2 convolution and a max-pool would leave a 16 px
         # image with 4x4 maps before the first block.
-        stem_out = net.conv1.out_channels
-        net.conv1 = nn.Conv2d(3, stem_out, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
+        stem_out = int(net.conv1.weight.shape[0])  # type: ignore[union-attr,index]
+        net.conv1 = nn.Conv2d(3, stem_out, kernel_size=3, stride=1, padding=1, bias=False)  # type: ignore[assignment]
+        net.maxpool = nn.Identity()  # type: ignore[assignment]
     return Backbone(net, channels[-1])
 
 
