@@ -23,6 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from protossl.errors import UserError
+from protossl.reports.curves import plot_runs
 
 DEMO_PRESETS = ("dino", "dino-kp")
 DEMO_EPOCHS = 30  # 22 steps of 64 images each: 660 steps, about 5 minutes per run on one core
@@ -130,7 +131,11 @@ def run_demo(out: Path, epochs: int | None = None, parallel: bool = True) -> lis
         f"are some test image's teacher argmax, usage H = entropy of that choice (nats).\n"
         f"Both runs: same seed and steps; {epochs} epochs; total demo time {total / 60:.1f} min."
     )
-    (out / "summary.md").write_text(f"```\n{table}\n```\n\n{note}\n")
+    plot = plot_runs({name: out / name for name in DEMO_PRESETS}, out / "curves.png")
+    (out / "summary.md").write_text(f"```\n{table}\n```\n\n{note}\n\n![curves](curves.png)\n")
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\n{table}\n\n{note}\nRun directories: {out}/dino, {out}/dino-kp", file=sys.stderr)
+    print(
+        f"\n{table}\n\n{note}\nRun directories: {out}/dino, {out}/dino-kp; curves: {plot}",
+        file=sys.stderr,
+    )
     return rows
