@@ -51,12 +51,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         from protossl.config import apply_overrides
 
+        if args.preset is not None or args.config is not None:
+            raise UserError(
+                "--resume continues the run with its own saved config; drop --preset/--config"
+            )
+        _check_resume_overrides(overrides)
         cfg = apply_overrides(Trainer.config_of_run(out), overrides)
     else:
-        cfg = load_config(args.preset, args.config, overrides)
+        cfg = load_config(args.preset or "dino", args.config, overrides)
     summary = Trainer(cfg, out, resume=args.resume).fit(stop_after_epochs=args.stop_after_epochs)
     _print_summary(summary, out, as_json=args.json)
     return 0
+
+
+# Keys a resumed run may change without breaking its equality with an uninterrupted run
+# (epochs and max_steps lengthen the schedules: the run continues under the new plan).
+RESUME_KEYS = ("optim.epochs", "optim.max_steps", "num_threads", "data.num_workers", "monitor.")
+
+
+def _check_resume_overrides(overrides: list[str]) -> None:
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if not key.startswith(RESUME_KEYS):
+            raise UserError(
+                f"--resume cannot change '{key}' (it would no longer be the same run); "
+                f"allowed: {', '.join(RESUME_KEYS)}*; start a new run with --out instead"
+            )
 
 
 def _print_summary(summary: dict[str, Any], out: Path, as_json: bool) -> None:
@@ -92,9 +112,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     for name, head in summaries.items():
         curve = "  ".join(f"{eps:g}:{m}" for eps, m in head["uniqueness_curve"])
         nn = head["nn_distance_quantiles"]
-        nn_text = (
-            f"q10 {nn['q10']:.3f}  median {nn['q50']:.3f}  q90 {nn['q90']:.3f}" if nn else "-"
-        )
+        nn_text = f"q10 {nn['q10']:.3f}  median {nn['q50']:.3f}  q90 {nn['q90']:.3f}" if nn else "-"
         print(
             f"{name}: K {head['K']}  M {head['M']}  M/K {head['M_over_K']:.3f}"
             f"  (eps {head['eps']})\n"
@@ -150,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a method (DINO, DINO + KoLeo-proto, ...)")
-    train.add_argument("--preset", default="dino", help="recipe name (see 'protossl presets')")
+    train.add_argument(
+        "--preset", default=None, help="recipe name (default: dino; see 'protossl presets')"
+    )
     train.add_argument("--config", help="YAML file with config keys, applied after the preset")
     train.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override one key (repeatable)"
@@ -225,11 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a read-only folder, a full disk, --out naming a file
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{PROG}: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(
-            f"{PROG}: interrupted; the last checkpoint is kept (continue with --resume)",
-            file=sys.stderr,
-        )
+        hint = " (continue with --resume)" if args.command == "train" else ""
+        print(f"{PROG}: interrupted; the last checkpoint is kept{hint}", file=sys.stderr)
         return 130
 
 

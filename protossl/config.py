@@ -313,7 +313,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the fully resolved configuration as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from protossl.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ---------------------------------------------------------------------------
@@ -348,6 +350,10 @@ def validate(cfg: Config) -> None:
         "objective.warmup_teacher_temp_epochs must be >= 0",
     )
     _require(d.image_size >= 4, f"data.image_size must be >= 4 (got {d.image_size})")
+    _require(
+        d.local_size is None or 4 <= d.local_size <= d.image_size,
+        f"data.local_size must be null or between 4 and data.image_size (got {d.local_size})",
+    )
     _require(d.num_local_crops >= 0, f"data.num_local_crops must be >= 0 (got {d.num_local_crops})")
     _require(d.batch_size >= 2, f"data.batch_size must be >= 2 (got {d.batch_size})")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0 (got {d.num_workers})")

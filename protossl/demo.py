@@ -22,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from protossl.engine.checkpoint import atomic_write_text
 from protossl.errors import UserError
 from protossl.reports.curves import plot_runs
 
@@ -132,8 +133,8 @@ def run_demo(out: Path, epochs: int | None = None, parallel: bool = True) -> lis
         f"Both runs: same seed and steps; {epochs} epochs; total demo time {total / 60:.1f} min."
     )
     plot = plot_runs({name: out / name for name in DEMO_PRESETS}, out / "curves.png")
-    (out / "summary.md").write_text(f"```\n{table}\n```\n\n{note}\n\n![curves](curves.png)\n")
-    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", f"```\n{table}\n```\n\n{note}\n\n![curves](curves.png)\n")
+    atomic_write_text(out / "summary.json", json.dumps(rows, indent=2) + "\n")
     print(
         f"\n{table}\n\n{note}\nRun directories: {out}/dino, {out}/dino-kp; curves: {plot}",
         file=sys.stderr,

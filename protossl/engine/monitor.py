@@ -3,7 +3,8 @@
 Face one is duplicates: the number M of unique prototypes (Govindarajan et al.,
 "On Partial Prototype Collapse in Clustering-Based Self-Supervised Learning").
 Face two is usage: how many prototypes any evaluation image picks as its
-teacher argmax, and the entropy of that choice. They need not come together
+teacher argmax (of the raw logits, without the training center, as a cluster
+assignment at test time), and the entropy of that choice. They need not come together
 (see the known pitfalls in the design notes), so both are always reported.
 
 Example:

@@ -35,15 +35,18 @@ from tqdm import tqdm
 
 import protossl
 from protossl.config import Config, config_from_dict, save_config
-from protossl.data import EvalTransform, ImageDataset, MultiCropTransform, load_dataset
+from protossl.data import EvalTransform, MultiCropTransform, load_dataset
 from protossl.diagnostics import summarize_prototypes
 from protossl.engine import distributed
-from protossl.engine.checkpoint import load_checkpoint, save_checkpoint_atomic
+from protossl.engine.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint_atomic,
+)
 from protossl.engine.monitor import CollapseMonitor
 from protossl.engine.schedules import cosine_schedule, linear_warmup_schedule
 from protossl.errors import UserError
-from protossl.evaluation.features import extract_features
-from protossl.evaluation.knn import knn_accuracy
+from protossl.evaluation.knn_eval import evaluate_knn
 from protossl.methods import Method, build_method
 
 CHECKPOINT_FORMAT = "protossl"
@@ -126,6 +129,16 @@ def _parameter_groups(module: torch.nn.Module) -> list[dict[str, Any]]:
     return [{"params": decayed}, {"params": plain, "weight_decay": 0.0}]
 
 
+def clip_gradients_per_parameter(module: torch.nn.Module, max_norm: float) -> None:
+    """Clip each parameter's gradient to norm ``max_norm`` separately (DINO's clip_gradients)."""
+    for param in module.parameters():
+        if param.grad is not None:
+            norm = param.grad.detach().norm(2)
+            scale = max_norm / (norm + 1e-6)
+            if scale < 1:
+                param.grad.mul_(scale)
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
@@ -183,7 +196,6 @@ class Trainer:
                 global_scale=(cfg.data.global_scale[0], cfg.data.global_scale[1]),
                 local_scale=(cfg.data.local_scale[0], cfg.data.local_scale[1]),
             ),
-            seed=cfg.seed,
         )
         self.steps_per_epoch = len(self.train_set) // cfg.data.batch_size
         if self.steps_per_epoch == 0:
@@ -212,7 +224,10 @@ class Trainer:
     def _monitor_images(self) -> torch.Tensor:
         test_set = load_dataset(self.cfg.data.spec, "test", transform=self._eval_transform())
         count = min(len(test_set), self.cfg.monitor.monitor_samples)
-        return torch.stack([test_set[i][0] for i in range(count)])
+        # A fixed random subset: folder test splits are sorted by class, so the first
+        # images would all be one class and the usage statistics meaningless.
+        order = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))
+        return torch.stack([test_set[int(i)][0] for i in order[:count]])
 
     def _restore(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -220,13 +235,13 @@ class Trainer:
         try:
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            self.start_epoch = int(state["epoch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
                 f"{self.paths.last_checkpoint} does not match this configuration ({first}); "
                 "resume with the run's own config.yaml"
             ) from None
-        self.start_epoch = int(state["epoch"])
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
 
     @staticmethod
@@ -275,9 +290,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.cfg.optim.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(
-                self.method.student.parameters(), self.cfg.optim.clip_grad
-            )
+            clip_gradients_per_parameter(self.method.student, self.cfg.optim.clip_grad)
         if epoch < self.cfg.optim.freeze_last_layer_epochs:
             # DINO freezes the prototypes during the first epoch(s) for stability.
             for param in self.method.prototype_parameters():
@@ -339,7 +352,7 @@ class Trainer:
         finished = last_epoch >= self.num_epochs
         summary = self._summary(finished)
         if main:
-            self.paths.summary.write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.paths.summary, json.dumps(summary, indent=2) + "\n")
         return summary
 
     # ------------------------------------------------------------- bookkeeping
@@ -363,7 +376,11 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional at run time
             return None
-        return SummaryWriter(log_dir=str(self.paths.tensorboard))
+        # purge_step drops events of epochs that a resume recomputes.
+        return SummaryWriter(
+            log_dir=str(self.paths.tensorboard),
+            purge_step=self.start_epoch * self.steps_per_epoch,
+        )
 
     def _append_metrics(self, record: dict[str, Any], writer: Any) -> None:
         with self.paths.metrics.open("a") as handle:
@@ -378,14 +395,15 @@ class Trainer:
         # After a resume, epochs from the checkpoint onward are recomputed: drop them.
         if not self.paths.metrics.exists():
             return
-        kept = [
-            line
-            for line in self.paths.metrics.read_text().splitlines()
-            if line.strip() and json.loads(line)["epoch"] < epoch
-        ]
-        tmp = self.paths.metrics.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.paths.metrics)
+        kept = []
+        for line in self.paths.metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill: recomputed anyway
+                continue
+            if isinstance(record, dict) and record.get("epoch", epoch) < epoch:
+                kept.append(line)
+        atomic_write_text(self.paths.metrics, "".join(line + "\n" for line in kept))
 
     def _save_checkpoint(self, next_epoch: int, step: int, elapsed: float) -> None:
         state = {
@@ -436,38 +454,6 @@ class Trainer:
         if finished and self.cfg.monitor.eval_knn:
             summary["eval"] = evaluate_knn(self.method, self.cfg, progress=self.progress)
         return summary
-
-
-def evaluate_knn(
-    method: Method,
-    cfg: Config,
-    train_spec: str | None = None,
-    test_spec: str | None = None,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Weighted kNN (DINO: k=20, T=0.07) on the teacher backbone's frozen features."""
-    transform = EvalTransform(cfg.data.image_size)
-    train: ImageDataset = load_dataset(train_spec or cfg.data.spec, "train", transform=transform)
-    test: ImageDataset = load_dataset(
-        test_spec or train_spec or cfg.data.spec, "test", transform=transform
-    )
-    was_training = method.training
-    method.eval()
-    try:
-        train_x, train_y = extract_features(method.teacher_features, train, progress=progress)
-        test_x, test_y = extract_features(method.teacher_features, test, progress=progress)
-    finally:
-        method.train(was_training)
-    num_classes = max(len(train.classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
-    return knn_accuracy(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        num_classes=num_classes,
-        ks=(cfg.monitor.knn_k,),
-        temperature=cfg.monitor.knn_temperature,
-    )
 
 
 def _format_record(method: str, record: dict[str, Any]) -> str:

@@ -14,8 +14,8 @@ from typing import Any
 from protossl.config import config_from_dict
 from protossl.diagnostics.checkpoints import resolve_checkpoint_path
 from protossl.engine.checkpoint import load_checkpoint
-from protossl.engine.trainer import evaluate_knn
 from protossl.errors import UserError
+from protossl.evaluation.knn_eval import evaluate_knn
 from protossl.methods import build_method
 
 PROTOCOLS = ("knn",)

@@ -44,17 +44,17 @@ class StudentTeacherNet(nn.Module):
     def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """Logits [num_crops, B, K] for a list of crops (each [B, 3, H, W])."""
         batch = crops[0].shape[0]
-        outputs: list[torch.Tensor] = []
+        features: list[torch.Tensor] = []
         start = 0
-        # Like DINO's MultiCropWrapper: one forward per run of same-sized crops.
+        # Like DINO's MultiCropWrapper: one backbone pass per run of same-sized crops,
+        # then one head pass over all of them (so a BatchNorm head sees every crop).
         while start < len(crops):
             end = start
             while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
                 end += 1
-            features = self.backbone(torch.cat(crops[start:end]))
-            outputs.append(self.head(features))
+            features.append(self.backbone(torch.cat(crops[start:end])))
             start = end
-        return torch.cat(outputs).view(len(crops), batch, -1)
+        return self.head(torch.cat(features)).view(len(crops), batch, -1)
 
 
 @register_method("dino")

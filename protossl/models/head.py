@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +33,10 @@ class PrototypeLayer(nn.Module):
         if num_prototypes < 1 or dim < 1:
             raise ValueError("PrototypeLayer needs dim >= 1 and num_prototypes >= 1")
         self.weight = nn.Parameter(torch.empty(num_prototypes, dim))
-        nn.init.trunc_normal_(self.weight, std=0.02)
+        # nn.Linear's default initialization, as DINO's last layer keeps it (its
+        # truncated-normal init is applied to the MLP only). The norm sets how fast
+        # Adam turns a prototype, so it matters for collapse.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     @property
     def num_prototypes(self) -> int:
