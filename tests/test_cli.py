@@ -679,3 +679,32 @@ def test_eval_with_a_corrupt_summary_is_a_user_error(
 ) -> None:
     (run_copy / "summary.json").write_text("{not json")
     assert_one_line_error(*run_cli(["eval", str(run_copy), "--data", "digits"], capsys))
+
+
+def test_resume_refuses_changes_that_break_the_run(tmp_path, capsys):
+    from protossl.cli import main
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "checkpoints").mkdir()
+    for argv in (
+        ["train", "--out", str(run), "--resume", "--set", "data.batch_size=32"],
+        ["train", "--out", str(run), "--resume", "--preset", "dino-kp"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--resume" in err[0]
+
+
+def test_out_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
+    from protossl.cli import main
+
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+    code = main(
+        ["train", "--out", str(target), "--max-steps", "1", "--set", "monitor.eval_knn=false"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("protossl")
+    assert target.read_text() == "keep me"

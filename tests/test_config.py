@@ -389,3 +389,12 @@ def test_unparsable_list_value_is_a_user_error() -> None:
 @pytest.mark.parametrize(("text", "expected"), [("1", True), ("0", False)])
 def test_bool_accepts_one_and_zero_from_the_command_line(text: str, expected: bool) -> None:
     assert load_config("dino", overrides=[f"monitor.eval_knn={text}"]).monitor.eval_knn is expected
+
+
+@pytest.mark.parametrize("value", ["2", "64"])
+def test_local_size_out_of_range_is_a_user_error(value):
+    from protossl.config import load_config
+    from protossl.errors import UserError
+
+    with pytest.raises(UserError, match="data.local_size"):
+        load_config("dino", overrides=[f"data.local_size={value}"])

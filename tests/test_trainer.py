@@ -138,3 +138,37 @@ def trainer_lr(cfg: Config, step: int) -> float:
 
     base = cfg.optim.lr * cfg.data.batch_size / 256
     return float(cosine_schedule(base, cfg.optim.min_lr, 5, warmup_steps=5)[step])
+
+
+def test_truncated_metrics_line_does_not_break_resume(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer(tiny_config("dino"), run, progress=False).fit(stop_after_epochs=1)
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"epoch": 1, "ste')  # a write cut short by a kill
+    Trainer(tiny_config("dino"), run, resume=True, progress=False).fit(stop_after_epochs=2)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [0, 1]
+
+
+def test_head_sees_all_crops_in_one_pass() -> None:
+    # DINO's MultiCropWrapper: backbone per resolution, then ONE head pass, so a
+    # BatchNorm head normalizes global and local crops together.
+    torch.manual_seed(0)
+    method = build_method(tiny_config("dino", "model.use_bn_in_head=true"))
+    net = method.student
+    crops = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.randn(4, 3, 7, 7)]
+    out = net(crops)
+    feats = torch.cat([net.backbone(torch.cat(crops[:2])), net.backbone(crops[2])])
+    expected = net.head(feats).view(3, 4, -1)
+    torch.testing.assert_close(out, expected)
+
+
+def test_gradient_clipping_is_per_parameter() -> None:
+    from protossl.engine.trainer import clip_gradients_per_parameter
+
+    module = torch.nn.Linear(3, 2)
+    module.weight.grad = torch.full((2, 3), 10.0)  # norm sqrt(600) > 3
+    module.bias.grad = torch.tensor([0.3, 0.4])  # norm 0.5 < 3: untouched
+    clip_gradients_per_parameter(module, 3.0)
+    assert module.weight.grad.norm().item() == pytest.approx(3.0, rel=1e-5)
+    torch.testing.assert_close(module.bias.grad, torch.tensor([0.3, 0.4]))
