@@ -68,8 +68,9 @@ def _run_all(out: Path, epochs: int, parallel: bool) -> None:
     def wait_for(batch: list[tuple[str, subprocess.Popen[bytes], Path]]) -> None:
         while any(proc.poll() is None for _, proc, _ in batch):
             time.sleep(1.0)
-            bar.n = sum(_epochs_done(out / name) for name in DEMO_PRESETS)
-            bar.refresh()
+            done = sum(_epochs_done(out / name) for name in DEMO_PRESETS)
+            if done != bar.n:  # redraw only on progress: logs stay short when piped
+                bar.update(done - bar.n)
         for name, proc, log in batch:
             if proc.returncode != 0:
                 tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
@@ -88,7 +89,6 @@ def _run_all(out: Path, epochs: int, parallel: bool) -> None:
         if not parallel:
             wait_for(jobs[-1:])
     wait_for(jobs)
-    bar.n = bar.total
     bar.close()
 
 
