@@ -98,29 +98,91 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from protossl.diagnostics import summarize_prototypes
     from protossl.diagnostics.checkpoints import read_prototype_heads
 
-    heads = read_prototype_heads(args.checkpoint)
+    fmt, heads = read_prototype_heads(args.checkpoint, format=args.format, key=args.key)
     summaries: dict[str, dict[str, Any]] = {}
     for name, weights in heads.items():
         try:
             summaries[name] = summarize_prototypes(weights, eps=args.eps)
         except ValueError as exc:
             raise UserError(f"{args.checkpoint}: head '{name}': {exc}") from None
-    result = {"checkpoint": str(args.checkpoint), "format": "protossl", "heads": summaries}
+    result: dict[str, Any] = {"checkpoint": str(args.checkpoint), "format": fmt}
+    if args.key is not None:
+        result["key"] = args.key
+    result["heads"] = summaries
     if args.json:
         print(json.dumps(result))
         return 0
+    how = "auto-detected" if args.format == "auto" and args.key is None else "as requested"
+    source = f"tensor '{args.key}'" if args.key is not None else f"format {fmt}"
+    print(f"{args.checkpoint}: {source} ({how}), {len(summaries)} head(s)", file=sys.stderr)
     for name, head in summaries.items():
         curve = "  ".join(f"{eps:g}:{m}" for eps, m in head["uniqueness_curve"])
         nn = head["nn_distance_quantiles"]
         nn_text = f"q10 {nn['q10']:.3f}  median {nn['q50']:.3f}  q90 {nn['q90']:.3f}" if nn else "-"
+        norms = head["norm_quantiles"]
+        if norms["q100"] - norms["q0"] <= 1e-6 * max(abs(norms["q100"]), 1e-12):
+            norm_text = f"all {norms['q50']:.4g} (directions only)"
+        else:
+            norm_text = (
+                f"min {norms['q0']:.4g}  q10 {norms['q10']:.4g}  median {norms['q50']:.4g}"
+                f"  q90 {norms['q90']:.4g}  max {norms['q100']:.4g}"
+            )
         print(
             f"{name}: K {head['K']}  M {head['M']}  M/K {head['M_over_K']:.3f}"
             f"  (eps {head['eps']})\n"
             f"  uniqueness curve (eps:M)  {curve}\n"
             f"  largest groups            {head['largest_groups']}\n"
-            f"  nearest-neighbour dist    {nn_text}",
+            f"  nearest-neighbour dist    {nn_text}\n"
+            f"  prototype norms           {norm_text}",
             file=sys.stderr,
         )
+    return 0
+
+
+def _cmd_dedupe(args: argparse.Namespace) -> int:
+    import torch
+    import torch.nn.functional as F
+
+    from protossl.diagnostics.checkpoints import read_prototype_heads
+    from protossl.diagnostics.dedupe import (
+        assignment_agreement,
+        dedupe_prototypes,
+        save_compact_head,
+    )
+
+    fmt, heads = read_prototype_heads(args.checkpoint, format=args.format, key=args.key)
+    compact = {}
+    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "format": fmt, "heads": {}}
+    for name, weights in heads.items():
+        try:
+            head = dedupe_prototypes(weights, eps=args.eps)
+        except ValueError as exc:
+            raise UserError(f"{args.checkpoint}: head '{name}': {exc}") from None
+        # Agreement is measured on random unit directions (a fixed seed): no data needed.
+        probes = F.normalize(
+            torch.randn(10_000, weights.shape[1], generator=torch.Generator().manual_seed(0)),
+            dim=1,
+        )
+        compact[name.replace("/", ".")] = head
+        report["heads"][name] = {
+            "K": int(weights.shape[0]),
+            "M": int(head.prototypes.shape[0]),
+            "bytes_saved": head.bytes_saved,
+            "argmax_agreement_random_directions": assignment_agreement(weights, head, probes),
+        }
+    save_compact_head(compact, args.out)
+    report["out"] = str(args.out)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for name, info in report["heads"].items():
+        print(
+            f"{name}: K {info['K']} -> M {info['M']} prototypes, "
+            f"{info['bytes_saved'] / 2**20:.2f} MiB saved, argmax agreement "
+            f"{info['argmax_agreement_random_directions']:.4f} on 10,000 random directions",
+            file=sys.stderr,
+        )
+    print(f"compact head ({fmt}) written to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -192,10 +254,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="count unique prototypes in a checkpoint")
     analyze.add_argument("checkpoint", help="run directory or checkpoint file")
-    analyze.add_argument("--format", default="auto", choices=["auto", "protossl"])
+    analyze.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "protossl", "dino", "ibot", "dinov2", "msn", "swav", "esvit"],
+        help="checkpoint layout (default: detect it)",
+    )
+    analyze.add_argument(
+        "--key",
+        metavar="NAME",
+        help="read exactly this 2-D tensor (or weight-normalized layer) as the prototypes",
+    )
     analyze.add_argument("--eps", type=_positive_float, default=0.025, help="linking distance")
     analyze.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     analyze.set_defaults(func=_cmd_analyze)
+
+    dedupe = sub.add_parser("dedupe", help="merge duplicate prototypes into a compact head")
+    dedupe.add_argument("checkpoint", help="run directory or checkpoint file")
+    dedupe.add_argument("--out", required=True, help="output .safetensors file")
+    dedupe.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "protossl", "dino", "ibot", "dinov2", "msn", "swav", "esvit"],
+        help="checkpoint layout (default: detect it)",
+    )
+    dedupe.add_argument("--key", metavar="NAME", help="read exactly this tensor as prototypes")
+    dedupe.add_argument("--eps", type=_positive_float, default=0.025, help="linking distance")
+    dedupe.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    dedupe.set_defaults(func=_cmd_dedupe)
 
     evaluate = sub.add_parser("eval", help="evaluate frozen features (kNN)")
     evaluate.add_argument("run", help="run directory or checkpoint file")

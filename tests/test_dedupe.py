@@ -60,3 +60,25 @@ def test_safetensors_round_trip(tmp_path) -> None:
     assert torch.equal(loaded["teacher.prototypes"], head.prototypes)
     assert torch.equal(loaded["teacher.group_of"], head.group_of)
     assert list(tmp_path.iterdir()) == [tmp_path / "head.safetensors"]  # no temporary left
+
+
+def test_cli_dedupe_writes_compact_head_and_reports(tmp_path, capsys) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    from protossl.cli import main
+
+    weights = _planted(num_groups=6, copies=3, dim=8, jitter=0.0, seed=5)
+    checkpoint = tmp_path / "msn.pth"
+    torch.save({"prototypes": weights, "epoch": 3}, checkpoint)
+    out = tmp_path / "compact.safetensors"
+    assert main(["dedupe", str(checkpoint), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (head,) = report["heads"].values()
+    assert report["format"] == "msn"
+    assert head["K"] == 18 and head["M"] == 6
+    assert head["bytes_saved"] == 12 * 8 * 4
+    assert head["argmax_agreement_random_directions"] == 1.0
+    tensors = load_file(str(out))
+    assert tensors["prototypes.prototypes"].shape == (6, 8)
