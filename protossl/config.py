@@ -93,6 +93,7 @@ class MonitorConfig:
     knn_temperature: float = 0.07
     eval_knn: bool = True
     checkpoint_every_epochs: int = 0  # 0: only checkpoints/last.pt
+    every_steps: int = 0  # >0: also measure collapse every N steps (TensorBoard monitor/*)
 
 
 @dataclass
@@ -386,4 +387,5 @@ def validate(cfg: Config) -> None:
     _require(mo.knn_k >= 1, f"monitor.knn_k must be >= 1 (got {mo.knn_k})")
     _require(mo.knn_temperature > 0, "monitor.knn_temperature must be > 0")
     _require(mo.checkpoint_every_epochs >= 0, "monitor.checkpoint_every_epochs must be >= 0")
+    _require(mo.every_steps >= 0, f"monitor.every_steps must be >= 0 (got {mo.every_steps})")
     _require(cfg.num_threads >= 0, f"num_threads must be >= 0 (got {cfg.num_threads})")

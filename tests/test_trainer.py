@@ -172,3 +172,17 @@ def test_gradient_clipping_is_per_parameter() -> None:
     clip_gradients_per_parameter(module, 3.0)
     assert module.weight.grad.norm().item() == pytest.approx(3.0, rel=1e-5)
     torch.testing.assert_close(module.bias.grad, torch.tensor([0.3, 0.4]))
+
+
+def test_step_monitor_leaves_training_unchanged(tmp_path: Path) -> None:
+    # The live monitor runs in eval mode without gradients: measuring every step must
+    # not change a single parameter, and its cost is recorded per epoch.
+    plain, watched = tmp_path / "plain", tmp_path / "watched"
+    Trainer(tiny_config("dino", "optim.epochs=1"), plain, progress=False).fit()
+    Trainer(
+        tiny_config("dino", "optim.epochs=1", "monitor.every_steps=1"), watched, progress=False
+    ).fit()
+    a, b = _state(plain)["method"], _state(watched)["method"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    (row,) = [json.loads(line) for line in (watched / "metrics.jsonl").read_text().splitlines()]
+    assert row["monitor_seconds"] > 0

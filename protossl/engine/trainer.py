@@ -52,7 +52,7 @@ from protossl.methods import Method, build_method
 CHECKPOINT_FORMAT = "protossl"
 CHECKPOINT_VERSION = 1
 # Keys of metrics.jsonl that depend on the wall clock, not on the computation.
-TIMING_KEYS = ("seconds", "images_per_second")
+TIMING_KEYS = ("seconds", "images_per_second", "monitor_seconds")
 
 
 class TrainingDivergedError(UserError):
@@ -336,6 +336,10 @@ class Trainer:
                 count += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['loss']:.3f}", M=record.get("M", "-"))
+                every = self.cfg.monitor.every_steps
+                if writer is not None and every > 0 and (step + 1) % every == 0:
+                    for key, value in self.monitor.measure(self.method).items():
+                        writer.add_scalar(f"monitor/{key}", value, step + 1)
             seconds = time.perf_counter() - epoch_started
             record = self._epoch_record(epoch, step, sums, count, seconds)
             if main:
@@ -366,7 +370,10 @@ class Trainer:
         record["weight_decay"] = float(self.schedules.weight_decay[step])
         record["teacher_temp"] = float(self.schedules.teacher_temp[step])
         record["teacher_momentum"] = float(self.schedules.teacher_momentum[step])
+        monitor_started = time.perf_counter()
         record.update(self.monitor.measure(self.method))
+        # The monitor's own cost, so users can see that leaving it on is cheap.
+        record["monitor_seconds"] = time.perf_counter() - monitor_started
         record["seconds"] = seconds
         record["images_per_second"] = count * self.cfg.data.batch_size / max(seconds, 1e-9)
         return record
