@@ -425,3 +425,252 @@ def test_cuda_matches_cpu() -> None:
     torch.testing.assert_close(
         nearest_neighbor_distances(w.cuda()), nearest_neighbor_distances(w), atol=1e-7, rtol=0
     )
+
+
+# --- exact fast counting: greedy leaders (issue 4) ------------------------------------------
+
+
+def _orthonormal(gen: torch.Generator, p: int, n: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(p, n, generator=gen, dtype=torch.float64))
+    return q.T  # [n, p], orthonormal rows
+
+
+def hard_mixture(seed: int, eps: float, p: int = 16) -> torch.Tensor:
+    """Random + tight and fat groups + chains + near-threshold pairs, across covers.
+
+    Fat groups (offsets up to 1.5 eps) need several leaders whose covers are linked
+    only through members; chains (0.6 eps steps) span many covers; near-threshold
+    pairs (eps * (1 +- 1e-6)) sit both alone and between a cover member and a point
+    more than eps from that member's leader. Shuffled and rescaled row by row.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True)
+
+    parts = [randn(60, p)]
+    for size in (3, 5, 10):  # tight duplicates, one cover each
+        parts.append(unit(randn(1, p)) + 0.1 * eps * unit(randn(size, p)))
+    for size in (25, 40):  # fat: a random geometric graph at scale eps
+        radius = 1.5 * eps * torch.rand(size, 1, generator=gen, dtype=torch.float64)
+        parts.append(unit(randn(1, p)) + radius * unit(randn(size, p)))
+    for length in (5, 12, 25):
+        parts.append(planted_chain(gen, p, eps, length))
+    for factor in (1 - 1e-6, 1 + 1e-6, 1 - 1e-6, 1 + 1e-6):
+        a, b, c = _orthonormal(gen, p, 3)
+        parts.append(torch.stack([a, _on_circle(a, b, factor * eps)]))
+        # a - m at 0.5 eps, m - x at factor * eps orthogonally: |a - x| ~ 1.12 eps.
+        m = _on_circle(a, b, 0.5 * eps)
+        parts.append(torch.stack([a, m, _on_circle(m, c, factor * eps)]))
+    base = unit(randn(4, p))
+    parts.append(torch.cat([base, base * 3.0]))  # exact duplicates (distance 0)
+    w = torch.cat(parts)
+    scales = torch.rand(w.shape[0], 1, generator=gen, dtype=torch.float64) * 5 + 0.1
+    return (w * scales)[torch.randperm(w.shape[0], generator=gen)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("eps", [0.01, DEFAULT_EPS, 0.1])
+def test_leaders_match_bruteforce_on_hard_mixtures(seed: int, eps: float) -> None:
+    w = hard_mixture(seed, eps)
+    expected = brute_labels(w, eps)
+    for block_size in (16, 97):  # many chunks: covers and chains cross chunk boundaries
+        result = count_unique_prototypes(w, eps=eps, block_size=block_size, method="leaders")
+        assert result.num_unique == int(expected.max()) + 1
+        np.testing.assert_array_equal(result.labels, expected)
+    brute = count_unique_prototypes(w, eps=eps, method="brute")
+    np.testing.assert_array_equal(brute.labels, expected)
+    assert result.group_sizes == brute.group_sizes
+
+
+def test_hard_mixture_really_needs_member_links() -> None:
+    # The fixture exercises what the leaders must get right: covers linked only
+    # through members, and near-threshold decisions on both sides of eps.
+    eps = DEFAULT_EPS
+    w = hard_mixture(0, eps)
+    covers = unique_mod._CoverBuilder(
+        unique_mod._unit_directions(w, 16), np.arange(w.shape[0]), eps, 16, False
+    ).build()
+    num_covers = covers.leader.size
+    m = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders").num_unique
+    assert m < num_covers < w.shape[0]
+    d = brute_distances(w)
+    near = ((d - eps).abs() < 2e-6 * eps) & (d > 0)
+    assert int((near & (d < eps)).sum()) >= 8 and int((near & (d >= eps)).sum()) >= 8
+
+
+def test_leaders_match_bruteforce_on_dense_low_dim_graphs() -> None:
+    # On S^2 nearly everything is within 3 eps of something: the worst case for pruning.
+    for seed, eps in [(3, 0.05), (4, 0.12), (5, 0.25)]:
+        w = dense_low_dim(seed)
+        result = count_unique_prototypes(w, eps=eps, block_size=37, method="leaders")
+        np.testing.assert_array_equal(result.labels, brute_labels(w, eps))
+
+
+def test_leaders_are_permutation_invariant() -> None:
+    eps = DEFAULT_EPS
+    w = hard_mixture(10, eps)
+    base = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
+    for k in range(3):
+        perm = torch.randperm(w.shape[0], generator=torch.Generator().manual_seed(100 + k))
+        permuted = count_unique_prototypes(w[perm], eps=eps, block_size=16, method="leaders")
+        assert permuted.num_unique == base.num_unique
+        np.testing.assert_array_equal(permuted.labels, relabel_canonical(base.labels[perm.numpy()]))
+
+
+def collapsed_and_random(seed: int, k: int, p: int, groups: int, eps: float) -> torch.Tensor:
+    """Half tight groups (offsets < 0.25 eps), half random directions, shuffled."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = _unit_rows(torch.randn(groups, p, generator=gen))
+    n = k // 2
+    assign = torch.randint(groups, (n,), generator=gen)
+    offsets = _unit_rows(torch.randn(n, p, generator=gen))
+    offsets *= 0.25 * eps * torch.rand(n, 1, generator=gen)
+    w = torch.cat([centers[assign] + offsets, torch.randn(k - n, p, generator=gen)])
+    return w[torch.randperm(k, generator=gen)]
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("eps", [DEFAULT_EPS, 0.1])
+def test_auto_uses_leaders_and_matches_bruteforce(
+    eps: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = collapsed_and_random(20, k=5000, p=32, groups=50, eps=eps)
+    brute = count_unique_prototypes(w, eps=eps, method="brute")
+    calls: list[int] = []
+    original = unique_mod._leader_components
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(unique_mod, "_leader_components", spy)
+    auto = count_unique_prototypes(w, eps=eps)
+    assert calls, "auto should pick the leaders at K = 5000"
+    np.testing.assert_array_equal(auto.labels, brute.labels)
+    # 2500 random singletons plus the (at most 50) planted groups.
+    assert 2500 < auto.num_unique == brute.num_unique <= 2550
+
+
+@pytest.mark.parametrize("project", [False, True])
+@pytest.mark.parametrize("eps", [0.001, DEFAULT_EPS, 0.1])
+def test_leaders_link_covers_at_the_three_eps_limit(
+    eps: float, project: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Leaders A and B almost 3 eps apart on a great circle, each with one member just
+    # inside eps, the two members just inside eps of each other: the screen at 3 eps
+    # (float32, p = 256) must still propose the pair (A, B), or the chain is missed.
+    # With the projection screen on, its principal plane is the circle's: the
+    # projected distances are the full ones, so its margin is what is tested.
+    if project:
+        monkeypatch.setattr(unique_mod, "_PROJECT_MIN_ROWS", 1)
+    a, b = _orthonormal_pair(torch.Generator().manual_seed(23), 256)
+    step = 2.0 * math.asin(eps * (1 - 1e-7) / 2.0)
+    ring = [math.cos(i * step) * a + math.sin(i * step) * b for i in range(4)]
+    w = torch.stack([ring[0], ring[3], ring[1], ring[2]])  # leaders come first
+    units = unique_mod._unit_directions(w, 1)
+    builder = unique_mod._CoverBuilder(units, np.arange(4), eps, 1, False)
+    assert builder.q == (32 if project else 0)
+    covers = builder.build()
+    assert covers.leader.tolist() == [0, 1] and covers.cover_of.tolist() == [0, 1, 0, 1]
+    assert float((units[0] - units[1]).norm()) > 3 * eps * (1 - 1e-2)
+    result = count_unique_prototypes(w, eps=eps, block_size=1, method="leaders")
+    assert result.num_unique == 1
+    shrunk = count_unique_prototypes(w, eps=eps * (1 - 2e-7), block_size=1, method="leaders")
+    assert shrunk.num_unique == 4
+
+
+def test_leaders_float32_input_and_lazy_greedy_path() -> None:
+    # One chunk holding a tight group of 1,500: too many screened pairs to verify all
+    # at once, so the greedy leader claims them lazily.
+    gen = torch.Generator().manual_seed(21)
+    center = torch.randn(1, 24, generator=gen)
+    group = center + 1e-4 * torch.randn(1500, 24, generator=gen)
+    w = torch.cat([group, torch.randn(500, 24, generator=gen)])[torch.randperm(2000, generator=gen)]
+    result = count_unique_prototypes(w, method="leaders")
+    brute = count_unique_prototypes(w, method="brute")
+    np.testing.assert_array_equal(result.labels, brute.labels)
+    assert result.num_unique == 501 and result.group_sizes[0] == 1500
+
+
+def test_leaders_small_pair_budget_and_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    eps = 0.1
+    w = hard_mixture(30, eps)
+    expected = brute_labels(w, eps)
+    # Tiny batches: member pairs in slices, one big cover pair at a time.
+    monkeypatch.setattr(unique_mod, "_PAIR_BUDGET", 8)
+    monkeypatch.setattr(unique_mod, "_PAIR_CHUNK", 5)
+    result = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
+    np.testing.assert_array_equal(result.labels, expected)
+    # "auto" hands a too-dense leader graph to the brute force; the answer is the same.
+    monkeypatch.setattr(unique_mod, "_AUTO_MIN_K", 1)
+    monkeypatch.setattr(unique_mod, "_DENSE_LEADER_PAIRS", 0)
+    with pytest.raises(unique_mod._TooDense):
+        unique_mod._leader_components(unique_mod._unit_directions(w, 16), eps, 16, give_up=True)
+    np.testing.assert_array_equal(
+        count_unique_prototypes(w, eps=eps, block_size=16).labels, expected
+    )
+
+
+@pytest.mark.parametrize("eps", [0.5, 1.0, 1.0 + 1e-7, 1.3, 2.5])
+def test_leaders_zero_and_tiny_rows(eps: float) -> None:
+    # Zero rows stay zero and tiny rows (norm < 1e-12) stay short after F.normalize:
+    # neither is a unit vector, so both go through the exact all-rows path.
+    gen = torch.Generator().manual_seed(22)
+    w = torch.cat(
+        [
+            torch.zeros(3, 5, dtype=torch.float64),
+            torch.randn(40, 5, generator=gen, dtype=torch.float64),
+        ]
+    )
+    w = torch.cat([w, 1e-14 * torch.randn(3, 5, generator=gen, dtype=torch.float64)])
+    w = w[torch.randperm(w.shape[0], generator=gen)]
+    result = count_unique_prototypes(w, eps=eps, block_size=8, method="leaders")
+    brute = count_unique_prototypes(w, eps=eps, block_size=8, method="brute")
+    np.testing.assert_array_equal(result.labels, brute.labels)
+
+
+def test_leaders_screen_falls_back_to_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reduced-precision float32 matmul (TF32/bf16) switches the screen to float64.
+    assert unique_mod._screen_dtype(torch.zeros(1, 8, dtype=torch.float64)) == torch.float32
+    eps = DEFAULT_EPS
+    w = hard_mixture(40, eps)
+    monkeypatch.setattr(unique_mod, "_screen_dtype", lambda units: torch.float64)
+    result = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
+    np.testing.assert_array_equal(result.labels, brute_labels(w, eps))
+
+
+def test_count_rejects_unknown_method() -> None:
+    with pytest.raises(ValueError, match="method"):
+        count_unique_prototypes(torch.randn(4, 3), method="faiss")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_leaders_projection_screen_is_conservative(
+    force: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # p >= 128 uses the projection screen by default; forcing it at p = 16 (q = 4
+    # principal directions: a weak screen with many false candidates) must not matter.
+    p = 16 if force else 256
+    monkeypatch.setattr(unique_mod, "_PROJECT_MIN_ROWS", 1)
+    if force:
+        monkeypatch.setattr(unique_mod, "_PROJECT_MIN_P", 1)
+    built: list[int] = []
+    original = unique_mod._CoverBuilder._init_projection
+
+    def spy(self, *args):  # type: ignore[no-untyped-def]
+        built.append(self.q)
+        return original(self, *args)
+
+    monkeypatch.setattr(unique_mod._CoverBuilder, "_init_projection", spy)
+    for seed, eps in [(50, 0.01), (52, 0.1)]:
+        w = hard_mixture(seed, eps, p=p)
+        result = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
+        np.testing.assert_array_equal(result.labels, brute_labels(w, eps))
+    assert built == [4 if force else 32] * 2

@@ -413,3 +413,316 @@ def test_docstring_examples_run(module_name):
     torch.manual_seed(0)
     result = doctest.testmod(module, extraglobs={"torch": torch, "nn": nn})
     assert result.failed == 0
+
+
+# --------------------------------------------------------------------------- KoLeo at large K
+# The blocked search and the candidate mode against an independent naive reference:
+# the full N x N similarity matrix, argmax, and autograd through the chosen pairs.
+
+from protossl.objectives.koleo import (  # noqa: E402
+    _candidate_similarities,
+    koleo_from_neighbors,
+    nearest_among_candidates,
+    nearest_neighbor_candidates,
+    nearest_neighbor_indices,
+)
+
+
+def naive_neighbors(unit: torch.Tensor) -> torch.Tensor:
+    sims = unit @ unit.T
+    sims.fill_diagonal_(float("-inf"))
+    return sims.argmax(dim=1)
+
+
+def naive_koleo(x: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    unit = nn.functional.normalize(x, dim=1, eps=1e-12)
+    neighbors = naive_neighbors(unit.detach())
+    squared = (unit - unit[neighbors]).pow(2).sum(dim=1)
+    return -torch.log(squared.clamp(min=1e-24).sqrt() + eps).mean(), neighbors
+
+
+def value_and_grad(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = x.clone().requires_grad_(True)
+    out = fn(weight)
+    value = out[0] if isinstance(out, tuple) else out
+    (grad,) = torch.autograd.grad(value, weight)
+    return value.detach(), grad
+
+
+@pytest.mark.parametrize(
+    "k,d,block",
+    [
+        (4096, 256, 1000),  # block does not divide K
+        (4096, 32, 4096),  # one block
+        (4096, 8, 1024),
+        (3001, 16, 512),  # neither does here; last blocks are 441 rows
+        (120, 3, 7),  # many tiny tiles, low d: close competitors
+        (50, 4, 64),  # block larger than K
+        (9, 5, 1),  # 1 x 1 tiles
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocked_equals_naive(k, d, block, dtype):
+    gen = torch.Generator().manual_seed(k + d + block)
+    x = torch.randn(k, d, generator=gen, dtype=dtype) * 2
+    unit = nn.functional.normalize(x, dim=1)
+    expected_value, expected_grad = value_and_grad(naive_koleo, x)
+    assert torch.equal(nearest_neighbor_indices(unit, block_size=block), naive_neighbors(unit))
+    value, grad = value_and_grad(lambda w: koleo_loss(w, block_size=block), x)
+    torch.testing.assert_close(value, expected_value, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        grad, expected_grad, rtol=1e-5, atol=1e-6 * expected_grad.abs().max()
+    )
+    module_value, module_grad = value_and_grad(KoLeoProto(weight=1.0, block_size=block), x)
+    torch.testing.assert_close(module_value, expected_value, rtol=1e-6, atol=0)
+    torch.testing.assert_close(module_grad, grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("block", [1, 3, 5, 64])
+def test_blocked_search_ties_go_to_lowest_index_like_argmax(block):
+    # Exact duplicates spread over several blocks: the first of the tied rows wins.
+    base = nn.functional.normalize(torch.randn(4, 6, dtype=torch.float64), dim=1)
+    unit = torch.cat([base, base, base[:2], base[:1]])  # rows 0, 4, 8, 10 are equal
+    got = nearest_neighbor_indices(unit, block_size=block)
+    assert torch.equal(got, naive_neighbors(unit))
+    assert got[0].item() == 4 and got[4].item() == 0 and got[10].item() == 0
+
+
+@pytest.mark.parametrize("block", [2, 3, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocked_duplicated_prototypes_finite(block, dtype):
+    base = torch.randn(5, 8, dtype=dtype)
+    for prototypes in (torch.cat([base, base[:3], base[:1] * 2.0]), torch.ones(6, 4, dtype=dtype)):
+        for fn in (
+            lambda w: koleo_proto_loss(w, block_size=block),
+            KoLeoProto(weight=0.1, block_size=block),
+            KoLeoProto(weight=0.1, block_size=block, refresh_every=2, num_candidates=2),
+        ):
+            for _ in range(3):  # refresh and in-between calls of the candidate mode
+                value, grad = value_and_grad(fn, prototypes)
+                assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+
+def test_blocked_gradcheck_float64():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    for block in (1, 2, 3, 7):
+        assert torch.autograd.gradcheck(
+            lambda p, b=block: koleo_loss(p, block_size=b), (x,), eps=1e-6, atol=1e-6
+        )
+    neighbors = naive_neighbors(nn.functional.normalize(x.detach(), dim=1))
+    assert torch.autograd.gradcheck(lambda p: koleo_from_neighbors(p, neighbors, 0.1), (x,))
+    # Between refreshes, through the candidate path (the module is in eval-free training mode).
+    module = KoLeoProto(weight=0.5, block_size=3, refresh_every=1000, num_candidates=3).double()
+    module(x.detach())  # refresh
+    assert torch.autograd.gradcheck(module, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_koleo_from_neighbors_handles_tiny_and_zero_rows():
+    # The floors (norm 1e-12, squared distance 1e-24) cut the gradient exactly as
+    # autograd through F.normalize and clamp does.
+    x = torch.randn(6, 3, dtype=torch.float64)
+    x[1] = 0.0
+    x[2] = 1e-14
+    x[3] = x[4]
+    neighbors = torch.tensor([3, 0, 5, 4, 3, 0])
+
+    def reference(w):
+        unit = nn.functional.normalize(w, dim=1, eps=1e-12)
+        squared = (unit - unit[neighbors]).pow(2).sum(dim=1)
+        return -torch.log(squared.clamp(min=1e-24).sqrt() + 1e-8).mean()
+
+    expected_value, expected_grad = value_and_grad(reference, x)
+    value, grad = value_and_grad(lambda w: koleo_from_neighbors(w, neighbors), x)
+    torch.testing.assert_close(value, expected_value)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("k,c,block", [(300, 16, 64), (257, 5, 100), (12, 11, 5), (5, 16, 2)])
+def test_candidates_are_the_exact_top_c(k, c, block):
+    gen = torch.Generator().manual_seed(k)
+    unit = nn.functional.normalize(torch.randn(k, 6, generator=gen, dtype=torch.float64), dim=1)
+    neighbors, candidates = nearest_neighbor_candidates(unit, c, block_size=block)
+    c = min(c, k - 1)
+    assert candidates.shape == (k, c) and candidates.dtype == torch.long
+    sims = unit @ unit.T
+    sims.fill_diagonal_(float("-inf"))
+    expected = sims.topk(c, dim=1).indices.sort(dim=1).values
+    assert torch.equal(candidates, expected)
+    assert torch.equal(neighbors, naive_neighbors(unit))
+    assert torch.equal(nearest_among_candidates(unit, candidates), neighbors)
+    for sparse in (True, False):
+        torch.testing.assert_close(
+            _candidate_similarities(unit, candidates, sparse), sims.gather(1, candidates)
+        )
+
+
+def drifting(k: int, d: int, steps: int, step_size: float, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(k, d, generator=gen, dtype=torch.float64)
+    for _ in range(steps):
+        yield x
+        x = x + step_size * torch.randn(k, d, generator=gen, dtype=torch.float64)
+
+
+def test_candidate_mode_refresh_every_1_is_exact():
+    module = KoLeoProto(weight=0.3, block_size=50, refresh_every=1)
+    for x in drifting(200, 8, 4, 0.5):
+        value, grad = value_and_grad(module, x)
+        expected_value, expected_grad = value_and_grad(naive_koleo, x)
+        torch.testing.assert_close(value, 0.3 * expected_value)
+        torch.testing.assert_close(grad, 0.3 * expected_grad)
+    assert module.step is None and module.state_dict() == {}  # stateless, as before
+
+
+def test_candidate_mode_refresh_steps_are_exact_and_candidates_never_overshoot():
+    refresh_every = 3
+    module = KoLeoProto(weight=1.0, block_size=64, refresh_every=refresh_every, num_candidates=2)
+    # Big moves (relative 0.3 per step in d = 4): candidates go stale between refreshes.
+    stale_seen = 0
+    for t, x in enumerate(drifting(300, 4, 9, 0.3)):
+        value, grad = value_and_grad(module, x)
+        expected_value, expected_grad = value_and_grad(naive_koleo, x)
+        assert module.step.item() == t + 1
+        if t % refresh_every == 0:
+            torch.testing.assert_close(value, expected_value)
+            torch.testing.assert_close(grad, expected_grad)
+            _, candidates = nearest_neighbor_candidates(nn.functional.normalize(x, dim=1), 2)
+            assert torch.equal(module.candidates, candidates)
+        else:
+            # A candidate is a real other prototype, at least as far as the nearest one.
+            assert value.item() <= expected_value.item() + 1e-12
+            stale_seen += int(value.item() < expected_value.item() - 1e-9)
+    assert stale_seen > 0  # the test did exercise stale candidates
+
+
+def test_candidate_mode_between_refreshes_small_moves_is_exact():
+    module = KoLeoProto(weight=1.0, block_size=128, refresh_every=10, num_candidates=8)
+    for x in drifting(500, 16, 10, 1e-4):
+        value, grad = value_and_grad(module, x)
+        expected_value, expected_grad = value_and_grad(naive_koleo, x)
+        torch.testing.assert_close(value, expected_value)
+        torch.testing.assert_close(grad, expected_grad)
+
+
+def test_candidate_mode_counts_training_calls_only():
+    module = KoLeoProto(refresh_every=4, num_candidates=3)
+    x = torch.randn(20, 5)
+    module(x)
+    module(x)
+    assert module.step.item() == 2 and module.candidates.shape == (20, 3)
+    cached = module.candidates.clone()
+    module.eval()
+    expected = 0.1 * naive_koleo(x)[0]
+    torch.testing.assert_close(module(x), expected)  # eval: exact, no state change
+    assert module.step.item() == 2 and torch.equal(module.candidates, cached)
+    module.train()
+    # Another K, or a cache on another device, is refreshed whatever the step.
+    y = torch.randn(30, 5)
+    torch.testing.assert_close(module(y), 0.1 * naive_koleo(y)[0])
+    assert module.step.item() == 3 and module.candidates.shape == (30, 3)
+
+
+def test_candidate_state_survives_checkpoint_round_trip(tmp_path):
+    def make():
+        return KoLeoProto(weight=0.2, block_size=32, refresh_every=5, num_candidates=4)
+
+    trajectory = list(drifting(100, 6, 12, 0.2, seed=3))
+    original = make()
+    for x in trajectory[:7]:
+        original(x)
+    state = original.state_dict()
+    assert set(state) == {"step", "candidates"} and state["candidates"].shape == (100, 4)
+    path = tmp_path / "koleo.pt"
+    torch.save({"regularizer": state}, path)
+    resumed = make()
+    resumed.load_state_dict(torch.load(path, weights_only=True)["regularizer"])
+    assert resumed.step.item() == 7 and torch.equal(resumed.candidates, original.candidates)
+    for x in trajectory[7:]:  # the resumed run continues exactly like the original one
+        a, ga = value_and_grad(original, x)
+        b, gb = value_and_grad(resumed, x)
+        assert torch.equal(a, b) and torch.equal(ga, gb)
+    # Inside a model, under a prefix, with strict loading.
+    holder, other = nn.Module(), nn.Module()
+    holder.reg, other.reg = original, make()
+    other.load_state_dict(holder.state_dict())
+    assert torch.equal(other.reg.candidates, original.candidates)
+
+
+def test_switching_refresh_every_across_a_resume():
+    exact, cached = KoLeoProto(), KoLeoProto(refresh_every=3, num_candidates=2)
+    x = torch.randn(10, 4)
+    cached(x)
+    cached(x)
+    # A checkpoint from an exact-mode run starts a fresh cache (refresh at the next call).
+    cached.load_state_dict(exact.state_dict())
+    assert cached.step.item() == 0 and cached.candidates.shape == (0, 2)
+    cached.load_state_dict({}, strict=False)
+    # A cache in a checkpoint is ignored by an exact-mode module.
+    cached(x)
+    exact.load_state_dict(cached.state_dict())
+    assert exact.state_dict() == {}
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    [
+        torch.tensor([[1], [2], [9]]),  # out of range
+        torch.tensor([[0], [2], [0]]),  # a row's own index
+        torch.tensor([[2, 1], [0, 2], [0, 1]]),  # not sorted
+        torch.tensor([[1.0], [2.0], [0.0]]),  # not int64
+        torch.tensor([1, 2, 0]),  # not 2-D
+    ],
+)
+def test_corrupt_candidate_cache_is_refused(candidates):
+    module = KoLeoProto(refresh_every=3, num_candidates=2)
+    with pytest.raises(RuntimeError, match="candidates"):
+        module.load_state_dict({"step": torch.tensor(4), "candidates": candidates})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"block_size": 0},
+        {"block_size": 2.5},
+        {"refresh_every": 0},
+        {"refresh_every": True},
+        {"num_candidates": 0},
+    ],
+)
+def test_large_k_options_are_validated(kwargs):
+    with pytest.raises(ValueError):
+        KoLeoProto(**kwargs)
+    with pytest.raises(UserError):
+        build_prototype_regularizer("koleo", weight=0.1, **kwargs)
+
+
+def test_large_k_options_through_registry_and_functions():
+    module = build_prototype_regularizer("koleo", weight=0.1, refresh_every=10, block_size=512)
+    assert module.refresh_every == 10 and module.block_size == 512 and module.num_candidates == 16
+    assert "refresh_every=10" in repr(module)
+    with pytest.raises(ValueError):
+        koleo_loss(torch.randn(4, 3), block_size=0)
+    with pytest.raises(ValueError):
+        nearest_among_candidates(torch.randn(4, 3), torch.zeros(3, 1, dtype=torch.long))
+    half = KoLeoProto(refresh_every=2, num_candidates=2)(torch.randn(8, 4).bfloat16())
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+
+
+def test_blocked_search_memory_is_one_tile(monkeypatch):
+    # The largest float tensor the search allocates is one block x block tile.
+    import protossl.objectives.koleo as koleo_module
+
+    sizes = []
+    real_empty = torch.empty
+
+    def recording_empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        if out.is_floating_point():
+            sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(koleo_module.torch, "empty", recording_empty)
+    unit = nn.functional.normalize(torch.randn(1000, 8), dim=1)
+    nearest_neighbor_candidates(unit, 4, block_size=100)
+    assert sizes and max(sizes) == 100 * 100

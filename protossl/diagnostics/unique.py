@@ -48,6 +48,34 @@ _REFINE_CHUNK = 1 << 16
 # The uniqueness curve keeps a minimum spanning forest of the edges seen so far and
 # re-compacts it once this many (or 4 K) edges are buffered, bounding memory.
 _COMPACT_MIN_EDGES = 1 << 22
+# Rows normalized at once by _unit_directions (bounds its temporaries).
+_NORMALIZE_ROWS = 1 << 13
+
+# count_unique_prototypes(method=...): "auto" uses greedy leaders from this K on and up
+# to this eps (beyond, 3 eps approaches the typical distance and nearly every pair of
+# leaders would need checking).
+_METHODS = ("auto", "leaders", "brute")
+_AUTO_MIN_K = 2048
+_AUTO_MAX_EPS = 0.3
+# Rows whose float64 squared norm is within this of 1 are screened as unit vectors;
+# the others (zero rows, rows of norm < 1e-12 that F.normalize cannot scale) are
+# compared with every row exactly, by the brute force's own rule.
+_REGULAR_TOL = 1e-9
+# Pairs whose direct distance is computed at once (each gathers two p-vectors).
+_PAIR_CHUNK = 1 << 14
+# Member pairs checked per batch when linking covers.
+_PAIR_BUDGET = 1 << 20
+# "auto" hands over to the brute force beyond this many candidate leader pairs (or
+# 4 K), or when the member pairs to check exceed K^2 / (2 * this divisor): a direct
+# distance costs far more than one entry of a matmul tile.
+_DENSE_LEADER_PAIRS = 1 << 23
+_DENSE_WORK_DIVISOR = 64
+# Leaders' two-level screen: for p >= this, first compare projections onto the top
+# principal directions (at most this many, and p / 4), estimated from a sample of rows.
+_PROJECT_MIN_P = 128
+_PROJECT_MIN_ROWS = 4096
+_PROJECT_DIMS = 32
+_PROJECT_SAMPLE = 1 << 14
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,19 +126,37 @@ def normalize_prototypes(weights: torch.Tensor) -> torch.Tensor:
 
 
 def count_unique_prototypes(
-    weights: torch.Tensor, eps: float = DEFAULT_EPS, block_size: int = 2048
+    weights: torch.Tensor,
+    eps: float = DEFAULT_EPS,
+    block_size: int = 2048,
+    method: str = "auto",
 ) -> UniqueResult:
     """Count unique prototypes M (Govindarajan et al.): components of the eps-graph.
 
     Prototypes i and j are linked when ``||mu_i - mu_j|| < eps`` (strictly), with
     ``mu = w / ||w||``; M is the number of connected components (single linkage).
-    Distances are computed in float64, ``block_size`` x ``block_size`` tiles at a
-    time, and merged with a union-find, so memory stays O(K + block_size^2).
+    Every link decision is exact: it agrees with the direct float64 distance.
+
+    Two algorithms give identical results (M and canonical labels):
+
+    - ``"brute"``: every pair, in float64 ``block_size`` x ``block_size`` tiles
+      (K^2 p work, memory O(K + block_size^2)).
+    - ``"leaders"``: greedy eps-covers, then exact member checks only between covers
+      whose leaders are closer than 3 eps (see ``_leader_components``). For collapsed
+      heads (M << K) the work is about K L p (L leaders, L ~ M). Without collapse
+      every row is a leader and the work is a K^2 / 2 float32 screen, on 34-column
+      principal projections when p >= 128 (a lower bound of the distances, so it
+      only rules pairs out), then on full rows for the few it keeps. Memory
+      O(K p + block_size^2).
+    - ``"auto"`` (default): leaders for K >= 2048 and eps <= 0.3, the brute force
+      otherwise (and when the leader graph turns out too dense to pay off).
 
     Args:
         weights: prototype matrix [K, p] (e.g. DINO's ``last_layer.weight``).
         eps: linking distance between unit directions (> 0).
-        block_size: tile edge length; smaller uses less memory, same result.
+        block_size: tile edge length (and the leaders' chunk length); smaller uses
+            less memory, same result.
+        method: ``"auto"``, ``"leaders"`` or ``"brute"``.
 
     Example:
         >>> w = torch.randn(100, 32)
@@ -118,7 +164,18 @@ def count_unique_prototypes(
         100
     """
     _check_eps(eps)
-    scan = _scan(_unit_directions(weights, block_size), block_size, link_eps=eps)
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {', '.join(_METHODS)} (got {method!r})")
+    units = _unit_directions(weights, block_size)
+    k = units.shape[0]
+    auto_leaders = method == "auto" and k >= _AUTO_MIN_K and eps <= _AUTO_MAX_EPS
+    if method == "leaders" or auto_leaders:
+        try:
+            comp = _leader_components(units, eps, block_size, give_up=auto_leaders)
+            return _make_result(_canonical_labels(comp), eps)
+        except _TooDense:
+            pass  # auto only: the brute force is cheaper for this graph
+    scan = _scan(units, block_size, link_eps=eps)
     return scan.unique_result()
 
 
@@ -246,18 +303,25 @@ def _check_eps_values(eps_values: Sequence[float]) -> np.ndarray:
 
 
 def _unit_directions(weights: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Validated float64 unit directions, on the input's device (CPU for MPS: no float64)."""
+    """Validated float64 unit directions, on the input's device (CPU for MPS: no float64).
+
+    Normalized ``_NORMALIZE_ROWS`` rows at a time, so the only full-size allocation is
+    the result (row by row, the values are bitwise those of one ``F.normalize`` call).
+    """
     _check_weights(weights)
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1 (got {block_size})")
     w = weights.detach()
     if w.device.type == "mps":
         w = w.cpu()
-    w = w.to(torch.float64)
-    # A diverged checkpoint must not be reported as "no collapse" (NaN compares False).
-    if not torch.isfinite(w).all():
-        raise ValueError("weights contain NaN or inf; the checkpoint is probably diverged")
-    return F.normalize(w, dim=1)
+    out = torch.empty(w.shape, dtype=torch.float64, device=w.device)
+    for s in range(0, w.shape[0], _NORMALIZE_ROWS):
+        chunk = w[s : s + _NORMALIZE_ROWS].to(torch.float64)
+        # A diverged checkpoint must not be reported as "no collapse" (NaN compares False).
+        if not torch.isfinite(chunk).all():
+            raise ValueError("weights contain NaN or inf; the checkpoint is probably diverged")
+        out[s : s + _NORMALIZE_ROWS] = F.normalize(chunk, dim=1)
+    return out
 
 
 # --- blocked distances -----------------------------------------------------------------
@@ -522,6 +586,582 @@ def _scan(
     for tile in _upper_tiles(k, block_size):
         scan.visit(tile, thresholds)
     return scan
+
+
+# --- exact fast path: greedy leaders ---------------------------------------------------
+#
+# 1. Covers. Prototypes are visited in chunks of ``block_size``. Each joins an existing
+#    leader whose exact distance is < eps (the nearest one the screen proposes), or
+#    else the chunk's remaining prototypes are resolved greedily in index order: the
+#    first unassigned one becomes a leader and claims the unassigned ones within eps.
+#    Every member is exactly linked to its leader, so a cover lies in one component.
+# 2. Links between covers. If a in cover A and b in cover B are linked, then
+#    d(L_A, L_B) <= r_A + eps + r_B < 3 eps (triangle inequality, r = member-to-leader
+#    distance < eps). Leader pairs closer than 3 eps are found while the leaders are
+#    created (a new leader's row of the screen against older leaders is exactly that
+#    list), filtered by the exact bound d(L_A, L_B) < max r_A + max r_B + eps, and only
+#    their member pairs are measured exactly (again pruned by the triangle inequality),
+#    closest leader pairs first, skipping covers already merged.
+#
+# Screening matmuls run in float32 (IEEE, checked at run time) with a margin that
+# bounds their rounding error, so they can only propose too many pairs, never miss
+# one; every link that enters the result is decided by the direct float64 distance
+# ``||mu_i - mu_j|| < eps``, the same formula the brute force falls back to near eps.
+# For p >= 128 a cheaper first screen on projections onto the top principal
+# directions (a lower bound of every distance) rules out most rows of each tile
+# before the full p-column screen; without collapse it rules out nearly all of them.
+
+
+class _TooDense(Exception):
+    """The leader graph is too dense to beat the brute force (``method="auto"`` only)."""
+
+
+def _screen_dtype(units: torch.Tensor) -> torch.dtype:
+    """float32 when this device's float32 matmul is IEEE; float64 if it is TF32/bf16.
+
+    A reduced-precision float32 matmul (``torch.set_float32_matmul_precision("high")``
+    on CUDA, bf16 modes of oneDNN) would void the screening margin; 1 + 2^-20 survives
+    an IEEE float32 product but not a 10- or 7-bit mantissa.
+    """
+    p = units.shape[1]
+    probe = 1.0 + 2.0**-20
+    a = torch.zeros(128, p, dtype=torch.float32, device=units.device)
+    a[:, 0] = probe
+    b = torch.zeros(128, p, dtype=torch.float32, device=units.device)
+    b[:, 0] = 1.0
+    return torch.float32 if bool(((a @ b.T)[:, 0] == probe).all()) else torch.float64
+
+
+def _screen_margin(p: int, dtype: torch.dtype) -> float:
+    """Bound on |d^2 - (2 - 2 g)| for rows with |sq - 1| <= _REGULAR_TOL, g the screened dot.
+
+    Rounding the inputs moves a dot product of unit vectors by <= 2u (u the unit
+    roundoff), any summation order adds <= p u (Higham, Thm 3.1); the exact squared
+    norms add <= 2 _REGULAR_TOL, and comparing with a threshold rounded to the screen's
+    dtype costs one more u. Doubled for safety: it only widens the screen.
+    """
+    unit = 2.0**-24 if dtype == torch.float32 else 2.0**-53
+    return 2.0 * (2.0 * (p + 4) * unit + 2.0 * unit + 2.0 * _REGULAR_TOL)
+
+
+def _squared_norms(units: torch.Tensor) -> torch.Tensor:
+    """Row squared norms, by the brute force's formula, without a [K, p] temporary."""
+    parts = [(c * c).sum(dim=1) for c in units.split(_NORMALIZE_ROWS)]
+    return torch.cat(parts)
+
+
+def _direct_distances(units: torch.Tensor, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """||units[i] - units[j]|| for index arrays i, j (float64, numpy): the exact rule."""
+    out = np.empty(i.size, dtype=np.float64)
+    for s in range(0, i.size, _PAIR_CHUNK):
+        a = torch.as_tensor(i[s : s + _PAIR_CHUNK], device=units.device)
+        b = torch.as_tensor(j[s : s + _PAIR_CHUNK], device=units.device)
+        out[s : s + a.numel()] = torch.linalg.vector_norm(units[a] - units[b], dim=1).cpu().numpy()
+    return out
+
+
+@dataclass
+class _Covers:
+    """Greedy eps-covers of the regular rows (indices are positions among them)."""
+
+    leader: np.ndarray  # [L] position of each cover's leader, covers in creation order
+    cover_of: np.ndarray  # [R] cover of each position
+    radius: np.ndarray  # [R] exact distance to the cover's leader (0 for leaders)
+    pair_a: np.ndarray  # candidate cover pairs: leaders screened closer than 3 eps
+    pair_b: np.ndarray
+
+
+class _CoverBuilder:
+    """Builds ``_Covers`` chunk by chunk; see the section comment above.
+
+    Screening is two-level when p >= ``_PROJECT_MIN_P`` and there are at least
+    ``_PROJECT_MIN_ROWS`` rows: squared distances between
+    the projections onto the top principal directions (q = p / 4 at most 32 of them)
+    are lower bounds of the full ones, so one cheap (q + 2)-column matmul tile rules
+    out every row with no leader of the tile within reach; only the remaining rows
+    get the full p-column screen. Without collapse nearly every row is ruled out.
+    """
+
+    def __init__(
+        self,
+        units: torch.Tensor,
+        rows: np.ndarray,
+        eps: float,
+        block_size: int,
+        give_up: bool,
+    ) -> None:
+        self.units, self.rows, self.eps, self.give_up = units, rows, eps, give_up
+        self.device = units.device
+        p = units.shape[1]
+        self.dtype = _screen_dtype(units)
+        rows_t = torch.as_tensor(rows, device=self.device)
+        if rows.size == units.shape[0]:
+            self.x = units.to(self.dtype)  # [R, p] screening copy (a view if float64)
+        else:
+            self.x = units[rows_t].to(self.dtype)
+        margin = _screen_margin(p, self.dtype)
+        reach = 3.0 * eps * (1.0 + 1e-6) + 1e-9  # covers' reach, with a little slack
+        # Screens on the dot product g: d^2 < t  can hold only if  g > 1 - (t + margin) / 2.
+        self.join_dot = 1.0 - (eps * eps + margin) / 2.0
+        self.reach_dot = 1.0 - (reach * reach + margin) / 2.0
+        self.chunk = block_size
+        self.tile = max(4 * block_size, 1024)
+        r = rows.size
+        cap = min(r, max(self.chunk, 1024))
+        self.lead = torch.empty((cap, p), dtype=self.dtype, device=self.device)
+        self.n_lead = 0
+        self.leader_pos = np.empty(r, dtype=np.int64)  # [:n_lead]: position of each leader
+        self.cover_of = np.full(r, -1, dtype=np.int64)
+        self.radius = np.zeros(r, dtype=np.float64)
+        self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.n_pairs = 0
+        # Reused tile buffers: fresh large allocations cost page faults every time.
+        size = min(r, self.chunk) * min(r, self.tile)
+        self._full_buf = torch.empty(size, dtype=self.dtype, device=self.device)
+        project = p >= _PROJECT_MIN_P and r >= _PROJECT_MIN_ROWS
+        self.q = min(_PROJECT_DIMS, p // 4) if project else 0
+        if self.q:
+            self._init_projection(rows_t, reach)
+
+    # -- projection screen --------------------------------------------------------------
+
+    def _init_projection(self, rows_t: torch.Tensor, reach: float) -> None:
+        """Top-q principal directions; augmented rows whose products are squared distances.
+
+        [y_i, |y_i|^2, 1] . [-2 y_j, 1, |y_j|^2] = |y_i - y_j|^2 <= |x_i - x_j|^2 (y = V^T x,
+        V orthonormal). Rounding: y and |y|^2 are computed in float64 and rounded once
+        (<= u relative), the float32 products of q + 2 terms of total size <= 4 add
+        <= 4 (q + 2) u; the bound uses 8 (q + 5) u. V's columns are orthonormal to
+        ~1e-15, covered by the factor (1 + 1e-9) on the reach.
+        """
+        q = self.q
+        all_rows = rows_t.numel() == self.units.shape[0]
+        step = max(1, rows_t.numel() // _PROJECT_SAMPLE)
+        sample = self.units[::step] if all_rows else self.units[rows_t[::step]]
+        centred = sample - sample.mean(dim=0, keepdim=True)
+        # numpy's eigh: torch's LAPACK call stalls for seconds on a busy 2-core machine.
+        _, vecs = np.linalg.eigh((centred.T @ centred).cpu().numpy())
+        basis = torch.as_tensor(vecs[:, -q:].copy(), device=self.device)  # orthonormal [p, q]
+        query = torch.empty((rows_t.numel(), q + 2), dtype=self.dtype, device=self.device)
+        for s in range(0, rows_t.numel(), _NORMALIZE_ROWS):
+            part = slice(s, s + _NORMALIZE_ROWS)
+            y = (self.units[part] if all_rows else self.units[rows_t[part]]) @ basis
+            query[s : s + y.shape[0], :q] = y
+            query[s : s + y.shape[0], q] = (y * y).sum(dim=1)
+        query[:, q + 1] = 1.0
+        self.query = query
+        self.lead_aug = torch.empty(
+            (self.lead.shape[0], q + 2), dtype=self.dtype, device=self.device
+        )
+        unit = 2.0**-24 if self.dtype == torch.float32 else 2.0**-53
+        margin = 8.0 * (q + 5) * unit
+        self.reach_sq_proj = (reach * (1.0 + 1e-9)) ** 2 + margin
+        self.join_sq_proj = (self.eps * (1.0 + 1e-9)) ** 2 + margin
+        self._proj_buf = torch.empty_like(self._full_buf)
+
+    def _leader_side(self, aug: torch.Tensor) -> torch.Tensor:
+        """[y, n, 1] -> [-2 y, 1, n] (exact in floating point)."""
+        q = self.q
+        out = torch.empty_like(aug)
+        out[:, :q] = -2.0 * aug[:, :q]
+        out[:, q] = 1.0
+        out[:, q + 1] = aug[:, q]
+        return out
+
+    def _near_rows(self, pos: slice | torch.Tensor, t0: int, t1: int) -> torch.Tensor | None:
+        """Rows (indices into pos) that may have a leader of [t0, t1) within reach.
+
+        None means all rows (no projection screen).
+        """
+        if not self.q:
+            return None
+        qa = self.query[pos]
+        view = self._proj_buf[: qa.shape[0] * (t1 - t0)].view(qa.shape[0], t1 - t0)
+        torch.mm(qa, self.lead_aug[t0:t1].T, out=view)
+        return (view.amin(dim=1) < self.reach_sq_proj).nonzero().squeeze(1)
+
+    def _sims(self, x: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """Screened dots of rows x with leaders [t0, t1), in the reused buffer."""
+        view = self._full_buf[: x.shape[0] * (t1 - t0)].view(x.shape[0], t1 - t0)
+        return torch.mm(x, self.lead[t0:t1].T, out=view)
+
+    # -- the pass -----------------------------------------------------------------------
+
+    def build(self) -> _Covers:
+        for s in range(0, self.rows.size, self.chunk):
+            self._visit(s, min(s + self.chunk, self.rows.size))
+        pa = np.concatenate([a for a, _ in self.pairs]) if self.pairs else np.zeros(0, np.int64)
+        pb = np.concatenate([b for _, b in self.pairs]) if self.pairs else np.zeros(0, np.int64)
+        leader = self.leader_pos[: self.n_lead].copy()
+        return _Covers(leader, self.cover_of, self.radius, pa, pb)
+
+    def _distances(self, pos_a: np.ndarray, pos_b: np.ndarray) -> np.ndarray:
+        return _direct_distances(self.units, self.rows[pos_a], self.rows[pos_b])
+
+    def _visit(self, s: int, e: int) -> None:
+        join, arg, reach = self._screen_leaders(s, e)
+        n_old = self.n_lead
+        # Join the proposed leader when the exact distance agrees.
+        joined = np.zeros(e - s, dtype=bool)
+        cand = join.nonzero().squeeze(1)
+        if cand.numel():
+            local = cand.cpu().numpy()
+            cover = arg[cand].cpu().numpy()
+            d = self._distances(s + local, self.leader_pos[cover])
+            ok = d < self.eps
+            joined[local[ok]] = True
+            self.cover_of[s + local[ok]] = cover[ok]
+            self.radius[s + local[ok]] = d[ok]
+        rest = np.flatnonzero(~joined)
+        if rest.size == 0:
+            return
+        # The rest: greedy leaders among themselves, in index order. Rows with no other
+        # rest row within reach (by the projection screen) simply become leaders.
+        rest_t = torch.as_tensor(s + rest, device=self.device)
+        state = np.arange(rest.size)
+        rad = np.zeros(rest.size, dtype=np.float64)
+        active = self._active_in_chunk(rest_t)
+        gram = None
+        if active.size > 1:
+            xa = self.x[rest_t[torch.as_tensor(active, device=self.device)]]
+            gram = xa @ xa.T
+            ii, jj = torch.triu(gram > self.join_dot, diagonal=1).nonzero(as_tuple=True)
+            sub_state, sub_rad = self._greedy(s + rest[active], _numpy(ii), _numpy(jj))
+            state[active] = active[sub_state]
+            rad[active] = sub_rad
+        new = np.flatnonzero(state == np.arange(rest.size))  # indices into rest, ascending
+        cover_id = np.full(rest.size, -1, dtype=np.int64)
+        cover_id[new] = n_old + np.arange(new.size)
+        self.cover_of[s + rest] = cover_id[state]
+        self.radius[s + rest] = rad
+        self.leader_pos[n_old : n_old + new.size] = s + rest[new]
+        # Candidate cover pairs: new leaders among themselves (only active ones can be
+        # within reach of each other), and against older ones.
+        if gram is not None:
+            act_lead = np.flatnonzero(state[active] == active)  # indices into active
+            sel = torch.as_tensor(act_lead, device=self.device)
+            sub = gram[sel][:, sel] > self.reach_dot
+            a, b = torch.triu(sub, diagonal=1).nonzero(as_tuple=True)
+            act_cover = cover_id[active[act_lead]]
+            self._add_pairs(act_cover[_numpy(b)], act_cover[_numpy(a)])
+        new_t = torch.as_tensor(new, device=self.device)
+        near = new_t[reach[torch.as_tensor(rest, device=self.device)[new_t]]]
+        if near.numel() and n_old:
+            self._pairs_with_old(rest_t[near], cover_id[_numpy(near)], n_old)
+        self._append_leaders(rest_t[new_t])
+
+    def _active_in_chunk(self, rest_t: torch.Tensor) -> np.ndarray:
+        """Indices into rest_t of rows that may have another rest row within reach."""
+        if not self.q:
+            return np.arange(rest_t.numel())
+        qa = self.query[rest_t]
+        d2 = (qa @ self._leader_side(qa).T).fill_diagonal_(math.inf)
+        close = (d2 < self.reach_sq_proj).any(dim=1)
+        return _numpy(close.nonzero().squeeze(1))
+
+    def _screen_leaders(self, s: int, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Screen rows [s, e) against the existing leaders.
+
+        Returns ``(join, cover, reach)``: rows with a candidate leader within eps, that
+        leader's cover (valid where join), and rows that may have a leader within reach.
+        With the projection screen the candidate is the nearest leader in projection
+        (verified exactly afterwards); otherwise the nearest by the full screen.
+        """
+        if self.q:
+            return self._screen_projected(s, e)
+        x = self.x[s:e]
+        best = torch.full((e - s,), -math.inf, dtype=self.dtype, device=self.device)
+        arg = torch.zeros(e - s, dtype=torch.long, device=self.device)
+        for t0 in range(0, self.n_lead, self.tile):
+            t1 = min(t0 + self.tile, self.n_lead)
+            sim = self._sims(x, t0, t1)
+            top = sim.amax(dim=1)  # values only: 10x cheaper than max() with indices
+            better = (top > best) & (top > self.join_dot)
+            rows = better.nonzero().squeeze(1)
+            if 4 * rows.numel() > x.shape[0]:
+                arg = torch.where(better, sim.argmax(dim=1) + t0, arg)
+            elif rows.numel():
+                arg[rows] = sim[rows].argmax(dim=1) + t0
+            best = torch.maximum(best, top)
+        return best > self.join_dot, arg, best > self.reach_dot
+
+    def _screen_projected(self, s: int, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``_screen_leaders`` on the projections alone (lower bounds of the distances)."""
+        best = torch.full((e - s,), math.inf, dtype=self.dtype, device=self.device)
+        arg = torch.zeros(e - s, dtype=torch.long, device=self.device)
+        qa = self.query[s:e]
+        for t0 in range(0, self.n_lead, self.tile):
+            t1 = min(t0 + self.tile, self.n_lead)
+            view = self._proj_buf[: qa.shape[0] * (t1 - t0)].view(qa.shape[0], t1 - t0)
+            d2 = torch.mm(qa, self.lead_aug[t0:t1].T, out=view)
+            low = d2.amin(dim=1)
+            better = (low < best) & (low < self.join_sq_proj)
+            rows = better.nonzero().squeeze(1)
+            if 4 * rows.numel() > qa.shape[0]:
+                arg = torch.where(better, d2.argmin(dim=1) + t0, arg)
+            elif rows.numel():
+                arg[rows] = d2[rows].argmin(dim=1) + t0
+            best = torch.minimum(best, low)
+        return best < self.join_sq_proj, arg, best < self.reach_sq_proj
+
+    def _greedy(
+        self, pos: np.ndarray, ii: np.ndarray, jj: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Leader (index into pos) of each of pos, and its exact distance to it.
+
+        ``ii < jj`` are the screened pairs, sorted by ii. Few pairs are verified all at
+        once; many (a tight group in one chunk) lazily, only those a leader claims.
+        """
+        n = pos.size
+        state = np.full(n, -1, dtype=np.int64)
+        rad = np.zeros(n, dtype=np.float64)
+        eager = ii.size <= 16 * n + 1024
+        dist = np.zeros(0)
+        if eager and ii.size:
+            dist = self._distances(pos[ii], pos[jj])
+            keep = dist < self.eps
+            ii, jj, dist = ii[keep], jj[keep], dist[keep]
+        ptr = np.searchsorted(ii, np.arange(n + 1))
+        for i in np.unique(np.concatenate([ii, jj])).tolist():
+            if state[i] >= 0:
+                continue
+            state[i] = i
+            lo, hi = ptr[i], ptr[i + 1]
+            if lo == hi:
+                continue
+            js = jj[lo:hi]
+            free = state[js] < 0
+            if not free.any():
+                continue
+            js = js[free]
+            if eager:
+                ds = dist[lo:hi][free]
+            else:
+                ds = self._distances(np.full(js.size, pos[i]), pos[js])
+                ok = ds < self.eps
+                js, ds = js[ok], ds[ok]
+            state[js] = i
+            rad[js] = ds
+        alone = state < 0
+        state[alone] = np.flatnonzero(alone)
+        return state, rad
+
+    def _pairs_with_old(self, pos: torch.Tensor, covers: np.ndarray, n_old: int) -> None:
+        """Cover pairs (new leader at positions pos, older leader) screened within reach."""
+        x = self.x[pos]
+        for t0 in range(0, n_old, self.tile):
+            t1 = min(t0 + self.tile, n_old)
+            near = self._near_rows(pos, t0, t1)
+            if near is None:
+                near = torch.arange(pos.numel(), device=self.device)
+            if near.numel() == 0:
+                continue
+            sim = self._sims(x[near], t0, t1)
+            a, b = (sim > self.reach_dot).nonzero(as_tuple=True)
+            self._add_pairs(covers[_numpy(near[a])], t0 + _numpy(b))
+
+    def _add_pairs(self, a: np.ndarray, b: np.ndarray) -> None:
+        if a.size == 0:
+            return
+        self.pairs.append((a.astype(np.int64), b.astype(np.int64)))
+        self.n_pairs += a.size
+        if self.give_up and self.n_pairs > max(_DENSE_LEADER_PAIRS, 4 * self.rows.size):
+            raise _TooDense
+
+    def _append_leaders(self, pos: torch.Tensor) -> None:
+        """Append the leaders at positions pos (their screening rows) to the buffers."""
+        need = self.n_lead + pos.numel()
+        if need > self.lead.shape[0]:
+            cap = min(self.rows.size, max(need, 2 * self.lead.shape[0]))
+            self.lead = self._grow(self.lead, cap)
+            if self.q:
+                self.lead_aug = self._grow(self.lead_aug, cap)
+        self.lead[self.n_lead : need] = self.x[pos]
+        if self.q:
+            self.lead_aug[self.n_lead : need] = self._leader_side(self.query[pos])
+        self.n_lead = need
+
+    def _grow(self, buf: torch.Tensor, cap: int) -> torch.Tensor:
+        grown = torch.empty((cap, buf.shape[1]), dtype=buf.dtype, device=buf.device)
+        grown[: self.n_lead] = buf[: self.n_lead]
+        return grown
+
+
+def _link_covers(
+    units: torch.Tensor, rows: np.ndarray, covers: _Covers, eps: float, give_up: bool
+) -> _DisjointSet:
+    """Union-find over covers, merged wherever a member pair is exactly linked."""
+    n_cov = covers.leader.size
+    sets = _DisjointSet(n_cov)
+    ca, cb = covers.pair_a, covers.pair_b
+    if ca.size == 0:
+        return sets
+    lead = rows[covers.leader]
+    dll = _direct_distances(units, lead[ca], lead[cb])
+    rmax = np.zeros(n_cov, dtype=np.float64)
+    np.maximum.at(rmax, covers.cover_of, covers.radius)
+    # Triangle inequality on the exact (float64) distances; the slack absorbs their
+    # rounding (~1e-16 relative) many times over.
+    slack = 1e-9 * (1.0 + dll)
+    keep = dll - rmax[ca] - rmax[cb] < eps + slack
+    ca, cb, dll, slack = ca[keep], cb[keep], dll[keep], slack[keep]
+    size = np.bincount(covers.cover_of, minlength=n_cov)
+    work = size[ca] * size[cb]
+    r = rows.size
+    if give_up and work.sum() > max(_PAIR_BUDGET, r * r // (2 * _DENSE_WORK_DIVISOR)):
+        raise _TooDense
+    members = np.argsort(covers.cover_of, kind="stable")
+    start = np.concatenate([[0], np.cumsum(size)])
+    order = np.argsort(dll, kind="stable")  # closest leaders first: they merge most
+    window = 1 << 16
+    i = 0
+    while i < order.size:
+        win = order[i : i + window]
+        alive = sets.find(ca[win]) != sets.find(cb[win])
+        cum = np.cumsum(np.where(alive, work[win], 0))
+        taken = max(1, int(np.searchsorted(cum, _PAIR_BUDGET, side="right")))
+        sel = win[:taken][alive[:taken]]
+        i += taken
+        if sel.size == 0:
+            continue
+        linked = _linked_cover_pairs(
+            units, rows, covers, members, start, ca[sel], cb[sel], dll[sel] - slack[sel], eps
+        )
+        sets.union(ca[sel][linked], cb[sel][linked])
+    return sets
+
+
+def _linked_cover_pairs(
+    units: torch.Tensor,
+    rows: np.ndarray,
+    covers: _Covers,
+    members: np.ndarray,
+    start: np.ndarray,
+    ca: np.ndarray,
+    cb: np.ndarray,
+    dll_low: np.ndarray,
+    eps: float,
+) -> np.ndarray:
+    """Mask of the cover pairs (ca, cb) that have an exactly linked member pair."""
+    sa, sb = start[ca + 1] - start[ca], start[cb + 1] - start[cb]
+    linked = np.zeros(ca.size, dtype=bool)
+    if ca.size == 1 and sa[0] * sb[0] > _PAIR_BUDGET:
+        # One large pair: members of A in slices, stopping at the first link.
+        step = max(1, _PAIR_BUDGET // int(sb[0]))
+        for lo in range(0, int(sa[0]), step):
+            sub = members[start[ca[0]] + lo : start[ca[0]] + min(lo + step, int(sa[0]))]
+            a = np.repeat(sub, sb[0])
+            b = np.tile(members[start[cb[0]] : start[cb[0] + 1]], sub.size)
+            if _any_linked(units, rows, covers, a, b, np.full(a.size, dll_low[0]), eps):
+                linked[0] = True
+                break
+        return linked
+    n = sa * sb
+    pid = np.repeat(np.arange(ca.size), n)
+    t = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    ia = t // sb[pid]
+    ib = t - ia * sb[pid]
+    a = members[start[ca[pid]] + ia]
+    b = members[start[cb[pid]] + ib]
+    hit = _linked_mask(units, rows, covers, a, b, dll_low[pid], eps)
+    linked[np.unique(pid[hit])] = True
+    return linked
+
+
+def _linked_mask(
+    units: torch.Tensor,
+    rows: np.ndarray,
+    covers: _Covers,
+    a: np.ndarray,
+    b: np.ndarray,
+    dll_low: np.ndarray,
+    eps: float,
+) -> np.ndarray:
+    """Exact link decision for member pairs (a, b), skipping those the triangle rules out."""
+    hit = np.zeros(a.size, dtype=bool)
+    maybe = np.flatnonzero(dll_low - covers.radius[a] - covers.radius[b] < eps)
+    if maybe.size:
+        hit[maybe] = _direct_distances(units, rows[a[maybe]], rows[b[maybe]]) < eps
+    return hit
+
+
+def _any_linked(
+    units: torch.Tensor,
+    rows: np.ndarray,
+    covers: _Covers,
+    a: np.ndarray,
+    b: np.ndarray,
+    dll_low: np.ndarray,
+    eps: float,
+) -> bool:
+    return bool(_linked_mask(units, rows, covers, a, b, dll_low, eps).any())
+
+
+def _rows_vs_all_links(
+    units: torch.Tensor, sq: torch.Tensor, rows: torch.Tensor, eps: float, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact links between ``rows`` and every row, by the brute force's own tile rule."""
+    k = units.shape[0]
+    src: list[np.ndarray] = []
+    dst: list[np.ndarray] = []
+    for r0 in range(0, rows.numel(), block_size):
+        ri = rows[r0 : r0 + block_size]
+        a = units[ri]
+        for c0 in range(0, k, block_size):
+            c1 = min(c0 + block_size, k)
+            d2 = (sq[ri][:, None] + sq[None, c0:c1] - 2.0 * (a @ units[c0:c1].T)).clamp_min_(0.0)
+            ii, jj = (d2 < eps * eps + _REFINE_BAND).nonzero(as_tuple=True)
+            dist2 = d2[ii, jj]
+            dist = dist2.sqrt()
+            near = ((dist2 - eps * eps).abs() < _REFINE_BAND).nonzero().squeeze(1)
+            if near.numel():
+                dist[near] = torch.linalg.vector_norm(
+                    units[ri[ii[near]]] - units[c0 + jj[near]], dim=1
+                )
+            keep = dist < eps
+            src.append(_numpy(ri[ii[keep]]))
+            dst.append(_numpy(jj[keep] + c0))
+    return np.concatenate(src), np.concatenate(dst)
+
+
+def _leader_components(
+    units: torch.Tensor, eps: float, block_size: int, give_up: bool = False
+) -> np.ndarray:
+    """Component id of every prototype (exact, as the brute force), via greedy leaders.
+
+    Rows that are not unit vectors (zero rows; rows too small for ``F.normalize`` to
+    scale) are linked to every row by the brute force's tile rule; all zero rows are
+    the same vector, so one of them stands for all. Raises ``_TooDense`` when
+    ``give_up`` and the leader graph is too dense to pay off.
+    """
+    k = units.shape[0]
+    sq = _squared_norms(units)
+    regular = (sq - 1.0).abs() <= _REGULAR_TOL
+    rows = _numpy(regular.nonzero().squeeze(1))
+    src: list[np.ndarray] = []
+    dst: list[np.ndarray] = []
+    if rows.size:
+        covers = _CoverBuilder(units, rows, eps, block_size, give_up).build()
+        sets = _link_covers(units, rows, covers, eps, give_up)
+        root_cover = sets.roots()[covers.cover_of]
+        src.append(rows)
+        dst.append(rows[covers.leader[root_cover]])
+    odd = (~regular).nonzero().squeeze(1)
+    if odd.numel():
+        zero = odd[sq[odd] == 0]
+        other = odd[sq[odd] != 0]
+        if zero.numel():  # identical vectors: linked to each other, alike to the rest
+            src.append(_numpy(zero))
+            dst.append(np.full(zero.numel(), int(zero[0])))
+        probe = torch.cat([zero[:1], other])
+        i, j = _rows_vs_all_links(units, sq, probe, eps, block_size)
+        src.append(i)
+        dst.append(j)
+    s = np.concatenate(src) if src else np.zeros(0, dtype=np.int64)
+    d = np.concatenate(dst) if dst else np.zeros(0, dtype=np.int64)
+    graph = coo_matrix((np.ones(s.size, dtype=np.int32), (s, d)), shape=(k, k))
+    _, comp = connected_components(graph, directed=False)
+    return comp
 
 
 # --- results ---------------------------------------------------------------------------
