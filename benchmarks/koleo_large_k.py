@@ -48,6 +48,7 @@ docs/koleo_large_k.md; ``--quick`` is a smoke test with small sizes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -449,6 +450,7 @@ def main() -> None:
     parser.add_argument("--walk-steps", type=int, default=100)
     parser.add_argument("--out", default=str(ROOT / "docs" / "koleo_large_k.md"))
     parser.add_argument("--quick", action="store_true", help="small smoke test")
+    parser.add_argument("--cache", help="file for finished sections, to resume a stopped run")
     parser.add_argument("--memory-probe", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -466,9 +468,22 @@ def main() -> None:
         print(text, file=sys.stderr, flush=True)
 
     started = time.time()
+    # Finished sections go to --cache (if given), so an interrupted run resumes there.
+    cache: dict[str, Any] = {}
+    if args.cache and Path(args.cache).exists():
+        cache = torch.load(args.cache, weights_only=True)
+        log(f"reusing sections {sorted(cache)} from {args.cache}")
+
+    def section(name: str, compute: Callable[[], Any]) -> Any:
+        if name not in cache:
+            cache[name] = compute()
+            log(f"{name}: {cache[name]}")
+            if args.cache:
+                torch.save(cache, args.cache)
+        return cache[name]
+
     # 1. per-call time and memory
-    table: list[dict[str, Any]] = []
-    for k in ks:
+    def per_call_row(k: int) -> dict[str, Any]:
         repeats = args.repeats if k <= 16384 else max(2, args.repeats - 2)
         naive_fits = k <= 16384
         naive = time_exact("naive", k, args.dim, repeats) if naive_fits else None
@@ -484,31 +499,43 @@ def main() -> None:
             k=k, naive=naive, blocked=blocked, refresh=refresh_ms, between=between_ms, mem=mem
         )
         row["amortized"] = amortized(refresh_ms, between_ms, args.refresh)
-        table.append(row)
-        log(f"K={k}: {row}")
+        return row
+
+    table: list[dict[str, Any]] = [
+        section(f"K={k}", functools.partial(per_call_row, k)) for k in ks
+    ]
 
     # 2. training-step overhead at K = 8192
-    step = training_step_overhead(args.repeats, refreshes)
-    log(f"step: {step}")
-    iso = {}
-    for d in sorted({int(step["proto_dim"]), args.dim}):  # type: ignore[call-overload]
+    step = section("step", lambda: training_step_overhead(args.repeats, refreshes))
+
+    def isolated(d: int) -> dict[str, float]:
         r_ms, b_ms = time_candidates(8192, d, max(refreshes), args.repeats)
-        iso[d] = {
+        return {
             "exact": time_exact("blocked", 8192, d, args.repeats),
             "refresh": r_ms,
             "between": b_ms,
         }
-    log(f"isolated: {iso}")
+
+    iso = {
+        d: section(f"isolated d={d}", functools.partial(isolated, d))
+        for d in sorted({int(step["proto_dim"]), args.dim})
+    }
 
     # 3. exactness along trajectories
-    snapshots, motion = real_trajectory(args.trajectory_steps)
-    real = exactness_stats(snapshots, refreshes)
-    del snapshots
-    log(f"real trajectory: {real}")
-    walks = {}
-    for rel in (0.003, 0.01, 0.03):
-        walks[rel] = exactness_stats(random_walk(8192, args.dim, args.walk_steps, rel), refreshes)
-        log(f"walk {rel}: {walks[rel]}")
+    def real_exactness() -> dict[str, Any]:
+        snapshots, motion = real_trajectory(args.trajectory_steps)
+        return {"stats": exactness_stats(snapshots, refreshes), "motion": motion}
+
+    real_result = section("real trajectory", real_exactness)
+    real, motion = real_result["stats"], real_result["motion"]
+
+    def walk_exactness(rel: float) -> dict[int, dict[str, float]]:
+        return exactness_stats(random_walk(8192, args.dim, args.walk_steps, rel), refreshes)
+
+    walks = {
+        rel: section(f"walk {rel}", functools.partial(walk_exactness, rel))
+        for rel in (0.003, 0.01, 0.03)
+    }
     minutes = (time.time() - started) / 60
 
     # ------------------------------------------------------------------ markdown

@@ -30,7 +30,7 @@ Protocol
   labels are compared with the brute force's in the same subprocess where both run
   on the same rows -- checked for the 65,536 cases).
 
-Run: ``python benchmarks/unique_count.py`` (about 6 minutes on an idle box); it
+Run: ``python benchmarks/unique_count.py`` (about 7 minutes on an idle box); it
 writes ``docs/unique_count.md``. ``--quick`` runs K / 8 sizes for a smoke test.
 """
 
@@ -265,9 +265,10 @@ and identical canonical labels (components numbered by their smallest member).
 ## Algorithm (`method="leaders"`, what `"auto"` picks for K >= 2048 and eps <= 0.3)
 
 1. **Greedy covers.** Rows are visited in chunks of `block_size`. A row joins the
-   nearest existing leader proposed by a float32 screen if the exact float64 distance
-   is < eps; the rest of the chunk is resolved greedily in index order (the first
-   unassigned row becomes a leader and claims the unassigned rows within eps).
+   nearest existing leader proposed by a float32 screen (full rows, or projections,
+   see 3) if the exact float64 distance is < eps; the rest of the chunk is resolved
+   greedily in index order (the first unassigned row becomes a leader and claims the
+   unassigned rows within eps).
    Every member is exactly linked to its leader, so each cover lies in one component.
 2. **Links between covers.** If members a in A and b in B are linked, then
    d(L_A, L_B) <= r_a + eps + r_b < 3 eps. The leader pairs screened closer than
@@ -278,10 +279,11 @@ and identical canonical labels (components numbered by their smallest member).
 3. **Two-level screen.** For p >= 128 (and K >= 4096) each tile is first screened
    on projections onto the top 32 principal directions (from a 16k-row sample):
    `[y_i, |y_i|^2, 1] . [-2 y_j, 1, |y_j|^2] = |y_i - y_j|^2`, a lower bound of the
-   full squared distance, in one 34-column matmul. Rows with no leader of the tile
-   within 3 eps (plus the rounding margin) skip the full 256-column screen. Without
-   collapse that is nearly every row, so the K^2 / 2 part costs 34 instead of 256
-   columns.
+   full squared distance, in one 34-column matmul. The nearest leader in projection
+   is the join candidate (checked exactly); only new leaders with some leader within
+   3 eps in projection get the full 256-column screen for their leader pairs.
+   Without collapse that is nearly no row, so the K^2 / 2 part costs 34 instead of
+   256 columns.
 4. **Exactness.** The screens are float32 matmuls with margins that bound their
    rounding error (full: 2(2(p + 5) 2^-24 + 2e-9) on d^2; projected: 8(q + 5) 2^-24),
    so they can only propose too many candidates. Every link that enters the result
@@ -317,8 +319,13 @@ Notes:
 {notes}
 - The machine is shared with other jobs: 1-minute load {load_start:.2f} when the run
   started (waited {waited:.0f} s for it to drop below 1.0); the last column gives the
-  load before each case's first subprocess and after its last. Timings under load are
-  slower and noisier.
+  load before each case's first subprocess and after its last. The benchmark itself
+  runs two busy threads, so a load of about 2 during a case is its own; a load
+  clearly above 2 means other jobs shared the cores. Under such contention torch's
+  OpenMP threads stall and timings get several times slower (seen while developing:
+  a 65,536-random run took 10 s instead of 1.8 s next to another 2-thread job).
+- Memory at K = 262,144 is dominated by the float64 unit rows (512 MiB) and their
+  float32 copy (256 MiB); there is no memory target at that size.
 - n/m: not measured.
 """
 

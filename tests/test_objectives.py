@@ -480,17 +480,21 @@ def test_blocked_equals_naive(k, d, block, dtype):
 
 @pytest.mark.parametrize("block", [1, 3, 5, 64])
 def test_blocked_search_ties_go_to_lowest_index_like_argmax(block):
-    # Exact duplicates spread over several blocks: the first of the tied rows wins.
-    base = nn.functional.normalize(torch.randn(4, 6, dtype=torch.float64), dim=1)
-    unit = torch.cat([base, base, base[:2], base[:1]])  # rows 0, 4, 8, 10 are equal
-    got = nearest_neighbor_indices(unit, block_size=block)
-    assert torch.equal(got, naive_neighbors(unit))
+    # Integer-valued rows: every inner product is exact whatever the summation
+    # order, so duplicated rows give true ties, spread over several blocks; the
+    # first of the tied rows wins, as argmax on the full matrix picks it.
+    gen = torch.Generator().manual_seed(block)
+    base = torch.randint(-3, 4, (4, 6), generator=gen).double()
+    rows = torch.cat([base, base, base[:2], base[:1]])  # rows 0, 4, 8, 10 are equal
+    got = nearest_neighbor_indices(rows, block_size=block)
+    assert torch.equal(got, naive_neighbors(rows))
     assert got[0].item() == 4 and got[4].item() == 0 and got[10].item() == 0
 
 
 @pytest.mark.parametrize("block", [2, 3, 1000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_blocked_duplicated_prototypes_finite(block, dtype):
+    torch.manual_seed(0)
     base = torch.randn(5, 8, dtype=dtype)
     for prototypes in (torch.cat([base, base[:3], base[:1] * 2.0]), torch.ones(6, 4, dtype=dtype)):
         for fn in (
@@ -519,6 +523,7 @@ def test_blocked_gradcheck_float64():
 
 
 def test_koleo_from_neighbors_handles_tiny_and_zero_rows():
+    torch.manual_seed(0)
     # The floors (norm 1e-12, squared distance 1e-24) cut the gradient exactly as
     # autograd through F.normalize and clamp does.
     x = torch.randn(6, 3, dtype=torch.float64)
@@ -606,6 +611,7 @@ def test_candidate_mode_between_refreshes_small_moves_is_exact():
 
 
 def test_candidate_mode_counts_training_calls_only():
+    torch.manual_seed(0)
     module = KoLeoProto(refresh_every=4, num_candidates=3)
     x = torch.randn(20, 5)
     module(x)
@@ -650,6 +656,7 @@ def test_candidate_state_survives_checkpoint_round_trip(tmp_path):
 
 
 def test_switching_refresh_every_across_a_resume():
+    torch.manual_seed(0)
     exact, cached = KoLeoProto(), KoLeoProto(refresh_every=3, num_candidates=2)
     x = torch.randn(10, 4)
     cached(x)

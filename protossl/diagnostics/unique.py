@@ -675,11 +675,12 @@ class _CoverBuilder:
     """Builds ``_Covers`` chunk by chunk; see the section comment above.
 
     Screening is two-level when p >= ``_PROJECT_MIN_P`` and there are at least
-    ``_PROJECT_MIN_ROWS`` rows: squared distances between
-    the projections onto the top principal directions (q = p / 4 at most 32 of them)
-    are lower bounds of the full ones, so one cheap (q + 2)-column matmul tile rules
-    out every row with no leader of the tile within reach; only the remaining rows
-    get the full p-column screen. Without collapse nearly every row is ruled out.
+    ``_PROJECT_MIN_ROWS`` rows: squared distances between the projections onto the
+    top principal directions (q = p / 4, at most 32 of them) are lower bounds of the
+    full ones, computed by one cheap (q + 2)-column matmul per tile. The nearest
+    leader in projection is then the join candidate (checked exactly), and only new
+    leaders with some leader within reach in projection get the full p-column screen
+    for their candidate pairs. Without collapse nearly every row is ruled out at once.
     """
 
     def __init__(
