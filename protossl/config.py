@@ -51,6 +51,11 @@ class ModelConfig:
     bottleneck_dim: int = 128  # p
     head_layers: int = 3
     use_bn_in_head: bool = False
+    # "normalized": w_k / ||w_k|| (DINO, iBOT); "vmf": unnormalized w_k with the vMF
+    # log-normalizer added to the logits (DINO-vMF, iBOT-vMF).
+    prototype_layer: str = "normalized"
+    patch_num_prototypes: int | None = None  # iBOT patch head K (null: same as num_prototypes)
+    shared_head: bool = True  # iBOT: one head for class and patch tokens
 
 
 @dataclass
@@ -63,8 +68,20 @@ class ObjectiveConfig:
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
+    target_options: dict[str, Any] = field(default_factory=dict)  # e.g. {iterations: 3}
     prototype_regularizer: str = "none"
     regularizer_weight: float = 0.1  # lambda for KoLeo-proto
+    # Extra keyword arguments of the prototype regularizer, e.g. KoLeo-proto's
+    # {refresh_every: 10, num_candidates: 16} (see docs/koleo_large_k.md).
+    prototype_regularizer_options: dict[str, Any] = field(default_factory=dict)
+    # Regularizer of the student's marginal latent class distribution (MLCD):
+    # "me-max" (MSN) or "prior-kl" (PMSN), added as mlcd_weight * term.
+    mlcd_regularizer: str = "none"
+    mlcd_weight: float = 1.0
+    mlcd_options: dict[str, Any] = field(default_factory=dict)  # e.g. {tau: 0.25}
+    # KoLeo on the student's normalized embeddings of the global crops (DINOv2).
+    embedding_regularizer: str = "none"
+    embedding_regularizer_weight: float = 0.1
 
 
 @dataclass
@@ -97,6 +114,37 @@ class MonitorConfig:
 
 
 @dataclass
+class IBOTConfig:
+    """iBOT's masked image modeling (Zhou et al., ICLR 2022; official defaults)."""
+
+    mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # per-image range
+    mask_probability: float = 0.5  # fraction of images in a batch that are masked
+    patch_teacher_temp: float = 0.07
+    warmup_patch_teacher_temp: float = 0.04
+    patch_loss_weight: float = 1.0  # lambda2 (class-token loss weight lambda1 = 1)
+
+
+@dataclass
+class MSNConfig:
+    """MSN / PMSN (Assran et al., ECCV 2022; PMSN: Assran et al., ICLR 2023)."""
+
+    mask_ratio: float = 0.15  # fraction of the anchor's patches dropped (ViT-S)
+    sharpen_temp: float = 0.25  # target sharpening T
+    use_sinkhorn: bool = True
+
+
+@dataclass
+class SwAVConfig:
+    """SwAV (Caron et al., NeurIPS 2020; official defaults)."""
+
+    epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    freeze_prototypes_steps: int = 313  # official: the first 313 iterations
+    queue_length: int = 0  # 0: no queue
+    queue_start_epoch: int = 15
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -108,6 +156,9 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    ibot: IBOTConfig = field(default_factory=IBOTConfig)
+    msn: MSNConfig = field(default_factory=MSNConfig)
+    swav: SwAVConfig = field(default_factory=SwAVConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON friendly)."""
@@ -229,6 +280,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not math.isfinite(number):
             raise UserError(f"{key} must be a finite number (got {value!r})")
         return number
+    if origin is dict:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                value = None
+        if not isinstance(value, dict):
+            raise UserError(f"{key} must be a mapping like {{name: value}} (got {value!r})")
+        return dict(value)
     if annotation is str:
         if not isinstance(value, (str, int, float)):
             raise UserError(f"{key} must be a string (got {value!r})")
@@ -248,7 +308,13 @@ def _merge_into(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
                 f"run 'protossl presets --show dino' to see every key"
             )
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        if isinstance(current, dict) and isinstance(value, dict):
+            # Option mappings merge key by key, so "--set objective.target_options.x=1"
+            # keeps the preset's other options.
+            merged = dict(current)
+            merged.update(value)
+            setattr(obj, key, _coerce(merged, types[key], full))
+        elif dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise UserError(f"{full} must be a mapping of keys (got {value!r})")
             _merge_into(current, value, prefix=f"{full}.")
@@ -388,4 +454,35 @@ def validate(cfg: Config) -> None:
     _require(mo.knn_temperature > 0, "monitor.knn_temperature must be > 0")
     _require(mo.checkpoint_every_epochs >= 0, "monitor.checkpoint_every_epochs must be >= 0")
     _require(mo.every_steps >= 0, f"monitor.every_steps must be >= 0 (got {mo.every_steps})")
+    _require(
+        m.prototype_layer in ("normalized", "vmf"),
+        f"model.prototype_layer must be 'normalized' or 'vmf' (got {m.prototype_layer!r})",
+    )
+    _require(
+        m.patch_num_prototypes is None or m.patch_num_prototypes >= 2,
+        f"model.patch_num_prototypes must be >= 2 or null (got {m.patch_num_prototypes})",
+    )
+    _require(o.mlcd_weight >= 0, f"objective.mlcd_weight must be >= 0 (got {o.mlcd_weight})")
+    _require(
+        o.embedding_regularizer_weight >= 0,
+        "objective.embedding_regularizer_weight must be >= 0",
+    )
+    ib, ms, sw = cfg.ibot, cfg.msn, cfg.swav
+    _require(
+        len(ib.mask_ratio) == 2 and 0 <= ib.mask_ratio[0] <= ib.mask_ratio[1] < 1,
+        f"ibot.mask_ratio must be [low, high] with 0 <= low <= high < 1 (got {ib.mask_ratio})",
+    )
+    _require(0 <= ib.mask_probability <= 1, "ibot.mask_probability must be in [0, 1]")
+    _require(
+        ib.patch_teacher_temp > 0 and ib.warmup_patch_teacher_temp > 0,
+        "ibot.patch_teacher_temp and ibot.warmup_patch_teacher_temp must be > 0",
+    )
+    _require(ib.patch_loss_weight >= 0, "ibot.patch_loss_weight must be >= 0")
+    _require(0 <= ms.mask_ratio < 1, f"msn.mask_ratio must be in [0, 1) (got {ms.mask_ratio})")
+    _require(ms.sharpen_temp > 0, f"msn.sharpen_temp must be > 0 (got {ms.sharpen_temp})")
+    _require(sw.epsilon > 0, f"swav.epsilon must be > 0 (got {sw.epsilon})")
+    _require(sw.sinkhorn_iterations >= 1, "swav.sinkhorn_iterations must be >= 1")
+    _require(sw.freeze_prototypes_steps >= 0, "swav.freeze_prototypes_steps must be >= 0")
+    _require(sw.queue_length >= 0, f"swav.queue_length must be >= 0 (got {sw.queue_length})")
+    _require(sw.queue_start_epoch >= 0, "swav.queue_start_epoch must be >= 0")
     _require(cfg.num_threads >= 0, f"num_threads must be >= 0 (got {cfg.num_threads})")

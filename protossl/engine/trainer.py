@@ -47,7 +47,7 @@ from protossl.engine.monitor import CollapseMonitor
 from protossl.engine.schedules import cosine_schedule, linear_warmup_schedule
 from protossl.errors import UserError
 from protossl.evaluation.knn_eval import evaluate_knn
-from protossl.methods import Method, build_method
+from protossl.methods import Method, StepContext, build_method
 
 CHECKPOINT_FORMAT = "protossl"
 CHECKPOINT_VERSION = 1
@@ -280,7 +280,15 @@ class Trainer:
 
     def _train_step(self, crops: list[torch.Tensor], step: int, epoch: int) -> dict[str, float]:
         self._set_hyperparameters(step)
-        out = self.method.training_step(crops, float(self.schedules.teacher_temp[step]))
+        context = StepContext(
+            step=step,
+            epoch=epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+        )
+        out = self.method.training_step(
+            crops, float(self.schedules.teacher_temp[step]), context=context
+        )
         if not torch.isfinite(out.loss):
             raise TrainingDivergedError(
                 f"loss became {float(out.loss.detach())} at step {step} (epoch {epoch}); "
@@ -295,6 +303,8 @@ class Trainer:
             # DINO freezes the prototypes during the first epoch(s) for stability.
             for param in self.method.prototype_parameters():
                 param.grad = None
+        for param in self.method.frozen_parameters(context):
+            param.grad = None
         self.optimizer.step()
         self.method.update_teacher(float(self.schedules.teacher_momentum[step]))
         return out.terms

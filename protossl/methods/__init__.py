@@ -1,6 +1,21 @@
 """Methods: a backbone + head + objective, one small registered file each."""
 
-from protossl.methods.base import METHODS, Method, StepOutput, build_method, register_method
+from protossl.methods.base import (
+    METHODS,
+    Method,
+    StepContext,
+    StepOutput,
+    build_method,
+    register_method,
+)
 from protossl.methods.dino import DINO
 
-__all__ = ["DINO", "METHODS", "Method", "StepOutput", "build_method", "register_method"]
+__all__ = [
+    "DINO",
+    "METHODS",
+    "Method",
+    "StepContext",
+    "StepOutput",
+    "build_method",
+    "register_method",
+]

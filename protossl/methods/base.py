@@ -19,8 +19,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from protossl.config import Config
+from protossl.config import Config, ModelConfig
 from protossl.errors import UserError
+from protossl.models import DINOHead
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where a training step sits in the run (read-only; the trainer builds it).
+
+    Methods with their own schedules (iBOT's patch teacher temperature, SwAV's
+    frozen prototypes and queue) derive them from these numbers, so a resumed run
+    sees exactly the values an uninterrupted one would.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    steps_per_epoch: int = 1
+    total_steps: int = 1
 
 
 @dataclass
@@ -36,10 +52,22 @@ class Method(nn.Module):
 
     student: nn.Module
     teacher: nn.Module
+    # Target builders (objective.target) whose maths fits this method; None: any.
+    supported_targets: tuple[str, ...] | None = None
 
-    def training_step(self, crops: list[torch.Tensor], teacher_temp: float) -> StepOutput:
+    def training_step(
+        self,
+        crops: list[torch.Tensor],
+        teacher_temp: float,
+        context: StepContext | None = None,
+    ) -> StepOutput:
         """Loss for one batch of multi-crop views (globals first), updating running targets."""
         raise NotImplementedError
+
+    def frozen_parameters(self, context: StepContext) -> list[nn.Parameter]:
+        """Parameters whose gradient is dropped at this step, beyond the trainer's
+        ``optim.freeze_last_layer_epochs`` (e.g. SwAV's first iterations); default none."""
+        return []
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -76,6 +104,19 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
+def build_head(model: ModelConfig, in_dim: int, num_prototypes: int | None = None) -> DINOHead:
+    """The configured projection head + prototype layer (``num_prototypes``: default K)."""
+    return DINOHead(
+        in_dim=in_dim,
+        num_prototypes=model.num_prototypes if num_prototypes is None else num_prototypes,
+        hidden_dim=model.head_hidden_dim,
+        bottleneck_dim=model.bottleneck_dim,
+        num_layers=model.head_layers,
+        use_bn=model.use_bn_in_head,
+        prototype_layer=model.prototype_layer,
+    )
+
+
 METHODS: dict[str, Callable[[Config], Method]] = {}
 
 
@@ -95,4 +136,11 @@ def build_method(cfg: Config) -> Method:
         raise UserError(
             f"unknown method '{cfg.method}'; known methods: {', '.join(sorted(METHODS))}"
         )
-    return METHODS[cfg.method](cfg)
+    cls = METHODS[cfg.method]
+    supported = getattr(cls, "supported_targets", None)
+    if supported is not None and cfg.objective.target not in supported:
+        raise UserError(
+            f"method '{cfg.method}' cannot use objective.target={cfg.objective.target!r}; "
+            f"it supports: {', '.join(supported)}"
+        )
+    return cls(cfg)

@@ -22,13 +22,10 @@ import torch
 from torch import nn
 
 from protossl.config import Config
-from protossl.methods.base import Method, StepOutput, register_method
+from protossl.methods.base import Method, StepContext, StepOutput, build_head, register_method
+from protossl.methods.regularizers import Regularizers
 from protossl.models import DINOHead, build_backbone
-from protossl.objectives import (
-    DINOCrossEntropy,
-    build_prototype_regularizer,
-    build_target_builder,
-)
+from protossl.objectives import DINOCrossEntropy, build_target_builder
 
 NUM_GLOBAL_CROPS = 2
 
@@ -42,7 +39,11 @@ class StudentTeacherNet(nn.Module):
         self.head: DINOHead = head
 
     def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
-        """Logits [num_crops, B, K] for a list of crops (each [B, 3, H, W])."""
+        """Prototype scores [num_crops, B, K] for a list of crops (each [B, 3, H, W])."""
+        return self.forward_with_features(crops)[0]
+
+    def forward_with_features(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores [num_crops, B, K] and backbone features [num_crops, B, D]."""
         batch = crops[0].shape[0]
         features: list[torch.Tensor] = []
         start = 0
@@ -54,7 +55,8 @@ class StudentTeacherNet(nn.Module):
                 end += 1
             features.append(self.backbone(torch.cat(crops[start:end])))
             start = end
-        return self.head(torch.cat(features)).view(len(crops), batch, -1)
+        flat = torch.cat(features)
+        return self.head(flat).view(len(crops), batch, -1), flat.view(len(crops), batch, -1)
 
 
 @register_method("dino")
@@ -65,40 +67,46 @@ class DINO(Method):
         super().__init__()
         m, o = cfg.model, cfg.objective
         backbone = build_backbone(m.backbone, cfg.data.image_size)
-        head = DINOHead(
-            in_dim=backbone.embed_dim,
-            num_prototypes=m.num_prototypes,
-            hidden_dim=m.head_hidden_dim,
-            bottleneck_dim=m.bottleneck_dim,
-            num_layers=m.head_layers,
-            use_bn=m.use_bn_in_head,
-        )
+        head = build_head(m, in_dim=backbone.embed_dim)
         self.student: StudentTeacherNet = StudentTeacherNet(backbone, head)
         self.teacher: StudentTeacherNet = copy.deepcopy(self.student)
         for param in self.teacher.parameters():
             param.requires_grad_(False)
+        self.student_temp = o.student_temp
         self.cross_entropy = DINOCrossEntropy(student_temp=o.student_temp)
         self.target_builder = build_target_builder(
-            o.target, num_prototypes=m.num_prototypes, momentum=o.center_momentum
+            o.target,
+            num_prototypes=m.num_prototypes,
+            shared={"momentum": o.center_momentum},
+            **o.target_options,
         )
-        self.prototype_regularizer: nn.Module | None = None
-        if o.prototype_regularizer != "none":
-            self.prototype_regularizer = build_prototype_regularizer(
-                o.prototype_regularizer, weight=o.regularizer_weight
-            )
+        self.regularizers = Regularizers.from_config(o, num_prototypes=m.num_prototypes)
 
-    def training_step(self, crops: list[torch.Tensor], teacher_temp: float) -> StepOutput:
+    def training_step(
+        self,
+        crops: list[torch.Tensor],
+        teacher_temp: float,
+        context: StepContext | None = None,
+    ) -> StepOutput:
         with torch.no_grad():
-            teacher_logits = self.teacher(crops[:NUM_GLOBAL_CROPS])
+            teacher_scores = self.teacher(crops[:NUM_GLOBAL_CROPS])
+            teacher_logits = self.teacher.head.prototypes.adjust_logits(
+                teacher_scores, teacher_temp
+            )
             targets = self.target_builder.targets(teacher_logits, teacher_temp)
-        student_logits = self.student(crops)
+        student_scores, student_features = self.student.forward_with_features(crops)
+        student_logits = self.student.head.prototypes.adjust_logits(
+            student_scores, self.student_temp
+        )
         ce = self.cross_entropy(student_logits, targets)
-        loss = ce
         terms = {"cross_entropy": float(ce.detach())}
-        if self.prototype_regularizer is not None:
-            reg = self.prototype_regularizer(self.student_prototypes())
-            loss = loss + reg
-            terms["prototype_regularizer"] = float(reg.detach())
+        loss = self.regularizers.add_to(
+            ce,
+            terms,
+            prototypes=self.student_prototypes(),
+            student_probs=lambda: torch.softmax(student_logits / self.student_temp, dim=-1),
+            embeddings=student_features[:NUM_GLOBAL_CROPS],
+        )
         # The center moves only after this batch's targets were built (as in DINO).
         self.target_builder.update(teacher_logits)
         terms["loss"] = float(loss.detach())

@@ -35,13 +35,74 @@ class Backbone(nn.Module):
         return self.net(images)
 
 
+class ViTBackbone(Backbone):
+    """A timm ViT that also exposes its tokens, with masking for iBOT and MSN.
+
+    ``forward`` returns the class token (as ``Backbone``); :meth:`forward_tokens`
+    returns the class token and the patch tokens, optionally with some patches
+    replaced by a learned mask token before the position embedding (iBOT's
+    masked image modeling) or dropped after it (MSN's patch dropping).
+
+    Example:
+        >>> vit = vit_tiny(16)
+        >>> mask = torch.zeros(2, 4, 4, dtype=torch.bool); mask[:, 0, :2] = True
+        >>> cls, patches = vit.forward_tokens(torch.zeros(2, 3, 16, 16), mask=mask)
+        >>> cls.shape, patches.shape
+        (torch.Size([2, 96]), torch.Size([2, 16, 96]))
+    """
+
+    net: VisionTransformer
+
+    def __init__(self, net: VisionTransformer, embed_dim: int) -> None:
+        super().__init__(net, embed_dim)
+        # iBOT's learned embedding of a masked patch (zeros at init, as in iBOT).
+        self.mask_token = nn.Parameter(torch.zeros(embed_dim))
+
+    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (rows, columns) for an image of this size (padding included)."""
+        ph, pw = self.net.patch_embed.patch_size
+        return -(-height // ph), -(-width // pw)
+
+    def forward_tokens(
+        self,
+        images: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class token [B, D] and patch tokens [B, N, D] after the final norm.
+
+        Args:
+            images: [B, 3, H, W].
+            mask: optional bool [B, rows, cols] (see :meth:`patch_grid`); True
+                patches are replaced by the mask token before the position embedding.
+            keep: optional long [B, N_keep] indices of the patches to keep (the
+                others are dropped after the position embedding); the returned patch
+                tokens are then [B, N_keep, D], in the order of ``keep``.
+        """
+        net = self.net
+        x = net.patch_embed(images)  # [B, rows, cols, D] (dynamic_img_size)
+        if mask is not None:
+            if mask.shape != x.shape[:3]:
+                raise ValueError(
+                    f"mask must have shape {tuple(x.shape[:3])} (got {tuple(mask.shape)})"
+                )
+            x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        x = net._pos_embed(x)  # [B, 1 + N, D]
+        if keep is not None:
+            prefix = net.num_prefix_tokens
+            index = keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]) + prefix
+            x = torch.cat([x[:, :prefix], torch.gather(x, 1, index)], dim=1)
+        x = net.norm(net.blocks(net.norm_pre(net.patch_drop(x))))
+        return x[:, 0], x[:, net.num_prefix_tokens :]
+
+
 def _patch_size(image_size: int) -> int:
     # Aim for a 4x4 token grid on global crops of small images (16 px -> patch 4) and
     # never less than 2 px per patch, so 96/224-sized local crops still give tokens.
     return max(2, image_size // 4) if image_size <= 32 else 16
 
 
-def _vit(image_size: int, embed_dim: int, depth: int, heads: int) -> Backbone:
+def _vit(image_size: int, embed_dim: int, depth: int, heads: int) -> ViTBackbone:
     net = VisionTransformer(
         img_size=image_size,
         patch_size=_patch_size(image_size),
@@ -52,15 +113,15 @@ def _vit(image_size: int, embed_dim: int, depth: int, heads: int) -> Backbone:
         dynamic_img_size=True,  # interpolate position embeddings for local crops
         dynamic_img_pad=True,
     )
-    return Backbone(net, embed_dim)
+    return ViTBackbone(net, embed_dim)
 
 
-def vit_tiny(image_size: int) -> Backbone:
+def vit_tiny(image_size: int) -> ViTBackbone:
     """A 4-block ViT (width 96, 3 heads): small enough for two CPU cores."""
     return _vit(image_size, embed_dim=96, depth=4, heads=3)
 
 
-def vit_small(image_size: int) -> Backbone:
+def vit_small(image_size: int) -> ViTBackbone:
     """ViT-S/16 proportions (width 384, 12 blocks, 6 heads) for real GPUs."""
     return _vit(image_size, embed_dim=384, depth=12, heads=6)
 

@@ -45,6 +45,20 @@ class PrototypeLayer(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return F.linear(y, F.normalize(self.weight, dim=-1))
 
+    def adjust_logits(self, scores: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Scores ready for a loss that divides by ``temperature``.
+
+        The identity for normalized prototypes. A vMF layer adds
+        ``temperature * log C_p(kappa_k)`` so that after the division the logits are
+        ``<w_k, y> / tau + log C_p(||w_k|| / tau)`` (design.md).
+        """
+        del temperature
+        return scores
+
+
+# Prototype layer classes by ``model.prototype_layer`` name.
+PROTOTYPE_LAYERS: dict[str, type[PrototypeLayer]] = {"normalized": PrototypeLayer}
+
 
 class DINOHead(nn.Module):
     """MLP (``num_layers`` linear layers, GELU) -> L2-normalized bottleneck -> prototypes."""
@@ -57,10 +71,16 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         num_layers: int = 3,
         use_bn: bool = False,
+        prototype_layer: str = "normalized",
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError("DINOHead needs num_layers >= 1")
+        if prototype_layer not in PROTOTYPE_LAYERS:
+            raise ValueError(
+                f"prototype_layer must be one of {sorted(PROTOTYPE_LAYERS)} "
+                f"(got {prototype_layer!r})"
+            )
         layers: list[nn.Module] = []
         dim = in_dim
         for _ in range(num_layers - 1):
@@ -71,7 +91,9 @@ class DINOHead(nn.Module):
             dim = hidden_dim
         layers.append(nn.Linear(dim, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
-        self.prototypes = PrototypeLayer(bottleneck_dim, num_prototypes)
+        self.prototypes: PrototypeLayer = PROTOTYPE_LAYERS[prototype_layer](
+            bottleneck_dim, num_prototypes
+        )
         self.mlp.apply(_init_linear)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,27 +9,43 @@ Example:
 from protossl.objectives.cross_entropy import DINOCrossEntropy, multicrop_cross_entropy
 from protossl.objectives.koleo import KoLeoProto, koleo_loss, koleo_proto_loss
 from protossl.objectives.registry import (
+    EMBEDDING_REGULARIZERS,
+    MLCD_REGULARIZERS,
     PROTOTYPE_REGULARIZERS,
     TARGET_BUILDERS,
+    build_embedding_regularizer,
+    build_mlcd_regularizer,
     build_prototype_regularizer,
     build_target_builder,
+    register_embedding_regularizer,
+    register_mlcd_regularizer,
     register_prototype_regularizer,
     register_target_builder,
 )
 from protossl.objectives.targets import Centering, TargetBuilder
 
+# Modules that register themselves by name (imported for that side effect).
+from protossl.objectives import embedding as _embedding  # noqa: E402,F401  isort: skip
+from protossl.objectives import pairwise as _pairwise  # noqa: E402,F401  isort: skip
+
 __all__ = [
+    "EMBEDDING_REGULARIZERS",
+    "MLCD_REGULARIZERS",
     "PROTOTYPE_REGULARIZERS",
     "TARGET_BUILDERS",
     "Centering",
     "DINOCrossEntropy",
     "KoLeoProto",
     "TargetBuilder",
+    "build_embedding_regularizer",
+    "build_mlcd_regularizer",
     "build_prototype_regularizer",
     "build_target_builder",
     "koleo_loss",
     "koleo_proto_loss",
     "multicrop_cross_entropy",
+    "register_embedding_regularizer",
+    "register_mlcd_regularizer",
     "register_prototype_regularizer",
     "register_target_builder",
 ]

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,6 +26,11 @@ T = TypeVar("T", bound=type)
 
 TARGET_BUILDERS: dict[str, type] = {"centering": Centering}
 PROTOTYPE_REGULARIZERS: dict[str, type] = {"koleo": KoLeoProto}
+# Regularizers of the student's marginal latent class distribution: a module
+# mapping student probabilities [N, K] to a scalar (ME-MAX, prior KL).
+MLCD_REGULARIZERS: dict[str, type] = {}
+# Regularizers of a batch of student embeddings [N, p] (KoLeo, DINOv2).
+EMBEDDING_REGULARIZERS: dict[str, type] = {}
 
 
 def _register(registry: dict[str, type], kind: str, name: str) -> Callable[[T], T]:
@@ -48,6 +54,16 @@ def register_prototype_regularizer(name: str) -> Callable[[T], T]:
     return _register(PROTOTYPE_REGULARIZERS, "prototype regularizer", name)
 
 
+def register_mlcd_regularizer(name: str) -> Callable[[T], T]:
+    """Class decorator: make an MLCD regularizer (student probabilities -> scalar) buildable."""
+    return _register(MLCD_REGULARIZERS, "MLCD regularizer", name)
+
+
+def register_embedding_regularizer(name: str) -> Callable[[T], T]:
+    """Class decorator: make an embedding regularizer (embeddings [N, p] -> scalar) buildable."""
+    return _register(EMBEDDING_REGULARIZERS, "embedding regularizer", name)
+
+
 def _build(registry: dict[str, type], kind: str, name: str, **kwargs: Any) -> Any:
     cls = registry.get(name)
     if cls is None:
@@ -60,12 +76,30 @@ def _build(registry: dict[str, type], kind: str, name: str, **kwargs: Any) -> An
         raise UserError(f"{kind} {name!r}: {err}") from err
 
 
-def build_target_builder(name: str, num_prototypes: int, **kwargs: Any) -> TargetBuilder:
+def build_target_builder(
+    name: str,
+    num_prototypes: int,
+    shared: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> TargetBuilder:
     """Build the target builder registered as ``name`` (e.g. "centering").
+
+    Args:
+        name: Registered name.
+        num_prototypes: K.
+        shared: Settings from the config's common keys (e.g. ``momentum`` from
+            ``objective.center_momentum``), passed only to builders whose
+            ``__init__`` takes a parameter of that name.
+        **kwargs: Builder options (``objective.target_options``); these override
+            ``shared`` and an unknown one is an error.
 
     Raises:
         UserError: unknown name, or an option the builder rejects.
     """
+    cls = TARGET_BUILDERS.get(name)
+    if cls is not None and shared:
+        accepted = inspect.signature(cls).parameters
+        kwargs = {k: v for k, v in shared.items() if k in accepted} | kwargs
     return _build(TARGET_BUILDERS, "target builder", name, num_prototypes=num_prototypes, **kwargs)
 
 
@@ -76,3 +110,23 @@ def build_prototype_regularizer(name: str, **kwargs: Any) -> nn.Module:
         UserError: unknown name, or an option the regularizer rejects.
     """
     return _build(PROTOTYPE_REGULARIZERS, "prototype regularizer", name, **kwargs)
+
+
+def build_mlcd_regularizer(name: str, num_prototypes: int, **kwargs: Any) -> nn.Module:
+    """Build the MLCD regularizer registered as ``name`` (e.g. "me-max", "prior-kl").
+
+    Raises:
+        UserError: unknown name, or an option the regularizer rejects.
+    """
+    return _build(
+        MLCD_REGULARIZERS, "MLCD regularizer", name, num_prototypes=num_prototypes, **kwargs
+    )
+
+
+def build_embedding_regularizer(name: str, **kwargs: Any) -> nn.Module:
+    """Build the embedding regularizer registered as ``name`` (e.g. "koleo").
+
+    Raises:
+        UserError: unknown name, or an option the regularizer rejects.
+    """
+    return _build(EMBEDDING_REGULARIZERS, "embedding regularizer", name, **kwargs)
