@@ -51,3 +51,20 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return all_reduce_sum(tensor) / world_size()
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of ``tensor`` over all processes (returns a new tensor)."""
+    if not is_distributed():
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def all_reduce_logsumexp(tensor: torch.Tensor) -> torch.Tensor:
+    """``log(sum over processes of exp(tensor))``, elementwise, without overflow."""
+    if not is_distributed():
+        return tensor
+    shift = all_reduce_max(tensor.detach()).nan_to_num(neginf=0.0)
+    return torch.log(all_reduce_sum(torch.exp(tensor - shift))) + shift
