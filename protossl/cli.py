@@ -59,8 +59,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = apply_overrides(Trainer.config_of_run(out), overrides)
     else:
         cfg = load_config(args.preset or "dino", args.config, overrides)
-    summary = Trainer(cfg, out, resume=args.resume).fit(stop_after_epochs=args.stop_after_epochs)
-    _print_summary(summary, out, as_json=args.json)
+    from protossl.engine import distributed
+
+    try:
+        summary = Trainer(cfg, out, resume=args.resume).fit(
+            stop_after_epochs=args.stop_after_epochs
+        )
+        if distributed.is_main_process():
+            _print_summary(summary, out, as_json=args.json)
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -323,6 +331,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def torch_distributed_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions torch.distributed raises when a peer process dies or times out."""
+    import torch.distributed as dist
+
+    from protossl.engine.distributed import CollectiveError
+
+    found = (CollectiveError,) + tuple(
+        err
+        for name in ("DistError", "DistBackendError", "DistNetworkError")
+        if isinstance(err := getattr(dist, name, None), type)
+    )
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``protossl`` console script."""
     args = build_parser().parse_args(argv)
@@ -334,6 +356,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a read-only folder, a full disk, --out naming a file
         where = f" {exc.filename}" if exc.filename else ""
         print(f"{PROG}: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except torch_distributed_errors() as exc:
+        # Another training process died or stopped answering (torchrun): no hang, and
+        # the last checkpoint (written atomically by rank 0) is intact.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"{PROG}: error: a training process stopped ({first[:200]}); the last checkpoint "
+            "is kept: continue with --resume",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         hint = " (continue with --resume)" if args.command == "train" else ""

@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import protossl
 from protossl.config import Config, config_from_dict, save_config
 from protossl.data import EvalTransform, MultiCropTransform, load_dataset
+from protossl.data.sampling import SeededAugmentation, ShardedEpochSampler, epoch_seed
 from protossl.diagnostics import summarize_prototypes
 from protossl.engine import distributed
 from protossl.engine.checkpoint import (
@@ -139,10 +140,6 @@ def clip_gradients_per_parameter(module: torch.nn.Module, max_norm: float) -> No
                 param.grad.mul_(scale)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
-
-
 def _versions() -> dict[str, str]:
     import timm
 
@@ -183,6 +180,14 @@ class Trainer:
         self.cfg = cfg
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
+        # Under torchrun: join the process group (gloo on CPU, nccl on GPU). A single
+        # process never touches torch.distributed.
+        distributed.init_from_environment()
+        if cfg.data.batch_size % distributed.world_size():
+            raise UserError(
+                f"data.batch_size ({cfg.data.batch_size}) is the global batch and must be "
+                f"divisible by the {distributed.world_size()} processes"
+            )
 
         torch.manual_seed(cfg.seed)
         self.method: Method = build_method(cfg)
@@ -260,15 +265,22 @@ class Trainer:
     # ---------------------------------------------------------------- training
 
     def _loader(self, epoch: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
-        sampler = RandomSampler(self.train_set, generator=generator)
+        # This rank's slice of every global batch; each image's augmentation is seeded
+        # by (seed, epoch, index), so one process and W processes see the same crops.
+        sampler = ShardedEpochSampler(
+            len(self.train_set),
+            global_batch=self.cfg.data.batch_size,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+        )
         return DataLoader(
-            self.train_set,
-            batch_size=self.cfg.data.batch_size,
+            SeededAugmentation(self.train_set),
+            batch_size=sampler.local_batch,
             sampler=sampler,
             drop_last=True,
             num_workers=self.cfg.data.num_workers,
-            generator=generator,
             persistent_workers=False,
         )
 
@@ -289,14 +301,23 @@ class Trainer:
         out = self.method.training_step(
             crops, float(self.schedules.teacher_temp[step]), context=context
         )
-        if not torch.isfinite(out.loss):
+        # Loss and terms averaged over processes (the global batch's values); every
+        # rank sees the same numbers, so all stop together on a NaN.
+        names = sorted(out.terms)
+        values = torch.tensor(
+            [float(out.loss.detach()), *(out.terms[n] for n in names)], dtype=torch.float64
+        )
+        values = distributed.all_reduce_mean(values)
+        terms = dict(zip(names, values[1:].tolist(), strict=True))
+        if not math.isfinite(float(values[0])):
             raise TrainingDivergedError(
-                f"loss became {float(out.loss.detach())} at step {step} (epoch {epoch}); "
+                f"loss became {float(values[0])} at step {step} (epoch {epoch}); "
                 f"the last good checkpoint is kept in {self.paths.checkpoints}; "
                 "lower optim.lr or raise objective.teacher_temp, then --resume"
             )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        distributed.all_reduce_gradients(self.method.student.parameters())
         if self.cfg.optim.clip_grad > 0:
             clip_gradients_per_parameter(self.method.student, self.cfg.optim.clip_grad)
         if epoch < self.cfg.optim.freeze_last_layer_epochs:
@@ -307,7 +328,7 @@ class Trainer:
             param.grad = None
         self.optimizer.step()
         self.method.update_teacher(float(self.schedules.teacher_momentum[step]))
-        return out.terms
+        return terms
 
     def fit(self, stop_after_epochs: int | None = None) -> dict[str, Any]:
         """Train to the end (or pause after ``stop_after_epochs`` epochs); returns the summary."""
@@ -333,7 +354,7 @@ class Trainer:
         self.method.train()
         for epoch in range(self.start_epoch, last_epoch):
             epoch_started = time.perf_counter()
-            torch.manual_seed(_epoch_seed(self.cfg.seed, epoch))
+            torch.manual_seed(epoch_seed(self.cfg.seed, epoch))
             sums: dict[str, float] = {}
             count = 0
             for i, (crops, _labels) in enumerate(self._loader(epoch)):
@@ -364,9 +385,11 @@ class Trainer:
         self.elapsed_before += time.perf_counter() - started
         self.start_epoch = max(self.start_epoch, last_epoch)  # a later fit() continues here
         finished = last_epoch >= self.num_epochs
-        summary = self._summary(finished)
+        summary: dict[str, Any] = {"finished": finished}
         if main:
+            summary = self._summary(finished)
             atomic_write_text(self.paths.summary, json.dumps(summary, indent=2) + "\n")
+        distributed.barrier()  # no rank leaves before the summary and checkpoint exist
         return summary
 
     # ------------------------------------------------------------- bookkeeping
@@ -380,6 +403,8 @@ class Trainer:
         record["weight_decay"] = float(self.schedules.weight_decay[step])
         record["teacher_temp"] = float(self.schedules.teacher_temp[step])
         record["teacher_momentum"] = float(self.schedules.teacher_momentum[step])
+        if not distributed.is_main_process():
+            return record  # only the main process measures, logs and writes
         monitor_started = time.perf_counter()
         record.update(self.monitor.measure(self.method))
         # The monitor's own cost, so users can see that leaving it on is cheap.
