@@ -114,6 +114,19 @@ class MonitorConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """Where and how fast a run executes; none of these changes the maths."""
+
+    device: str = "auto"  # "auto" (CUDA when available, per LOCAL_RANK), "cpu", "cuda"
+    # "fp32", or autocast "bf16" / "fp16" (fp16 with a gradient scaler; CUDA only).
+    # KoLeo, Sinkhorn-Knopp, the vMF normalizer and the targets stay in float32 or float64.
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile the backbones (in place: checkpoint keys unchanged)
+    channels_last: bool = False  # memory format for convolutional backbones (ResNets)
+    pin_memory: bool = True  # pinned host memory for batches going to a CUDA device
+
+
+@dataclass
 class IBOTConfig:
     """iBOT's masked image modeling (Zhou et al., ICLR 2022; official defaults)."""
 
@@ -156,6 +169,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     ibot: IBOTConfig = field(default_factory=IBOTConfig)
     msn: MSNConfig = field(default_factory=MSNConfig)
     swav: SwAVConfig = field(default_factory=SwAVConfig)
@@ -466,6 +480,15 @@ def validate(cfg: Config) -> None:
     _require(
         o.embedding_regularizer_weight >= 0,
         "objective.embedding_regularizer_weight must be >= 0",
+    )
+    rt = cfg.runtime
+    _require(
+        rt.device in ("auto", "cpu", "cuda"),
+        f"runtime.device must be auto, cpu or cuda (got {rt.device!r})",
+    )
+    _require(
+        rt.precision in ("fp32", "bf16", "fp16"),
+        f"runtime.precision must be fp32, bf16 or fp16 (got {rt.precision!r})",
     )
     ib, ms, sw = cfg.ibot, cfg.msn, cfg.swav
     _require(

@@ -40,10 +40,11 @@ class CollapseMonitor:
         """Collapse statistics of ``method`` now (evaluation mode, no gradients)."""
         was_training = method.training
         method.eval()
+        device = method.student_prototypes().device
         try:
             logits = torch.cat(
                 [
-                    method.teacher_logits(self.images[i : i + self.batch_size])
+                    method.teacher_logits(self.images[i : i + self.batch_size].to(device)).cpu()
                     for i in range(0, self.images.shape[0], self.batch_size)
                 ]
             )

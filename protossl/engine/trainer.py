@@ -45,6 +45,7 @@ from protossl.engine.checkpoint import (
     save_checkpoint_atomic,
 )
 from protossl.engine.monitor import CollapseMonitor
+from protossl.engine.runtime import Runtime
 from protossl.engine.schedules import cosine_schedule, linear_warmup_schedule
 from protossl.errors import UserError
 from protossl.evaluation.knn_eval import evaluate_knn
@@ -189,8 +190,10 @@ class Trainer:
                 f"divisible by the {distributed.world_size()} processes"
             )
 
+        self.runtime = Runtime(cfg.runtime)
         torch.manual_seed(cfg.seed)
         self.method: Method = build_method(cfg)
+        self.runtime.prepare(self.method)
         self.train_set = load_dataset(
             cfg.data.spec,
             "train",
@@ -281,6 +284,7 @@ class Trainer:
             sampler=sampler,
             drop_last=True,
             num_workers=self.cfg.data.num_workers,
+            pin_memory=self.runtime.pin_memory,
             persistent_workers=False,
         )
 
@@ -298,9 +302,11 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
         )
-        out = self.method.training_step(
-            crops, float(self.schedules.teacher_temp[step]), context=context
-        )
+        crops = self.runtime.to_device(crops)
+        with self.runtime.autocast():
+            out = self.method.training_step(
+                crops, float(self.schedules.teacher_temp[step]), context=context
+            )
         # Loss and terms averaged over processes (the global batch's values); every
         # rank sees the same numbers, so all stop together on a NaN.
         names = sorted(out.terms)
@@ -316,7 +322,8 @@ class Trainer:
                 "lower optim.lr or raise objective.teacher_temp, then --resume"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        self.runtime.backward(out.loss)
+        self.runtime.unscale(self.optimizer)
         distributed.all_reduce_gradients(self.method.student.parameters())
         if self.cfg.optim.clip_grad > 0:
             clip_gradients_per_parameter(self.method.student, self.cfg.optim.clip_grad)
@@ -326,7 +333,7 @@ class Trainer:
                 param.grad = None
         for param in self.method.frozen_parameters(context):
             param.grad = None
-        self.optimizer.step()
+        self.runtime.step(self.optimizer)
         self.method.update_teacher(float(self.schedules.teacher_momentum[step]))
         return terms
 

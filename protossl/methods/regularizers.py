@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from protossl.config import ObjectiveConfig
@@ -103,7 +104,10 @@ class Regularizers(nn.Module):
                 raise ValueError(f"{name} is configured but the method gave it no input")
             if callable(value):
                 value = value()
-            term = weight * module(value)
+            # Nearest-neighbour distances of near-duplicates and entropies of small
+            # probabilities need float32: never run these under autocast.
+            with torch.autocast(device_type=value.device.type, enabled=False):
+                term = weight * module(value if value.dtype == torch.float64 else value.float())
             terms[name] = float(term.detach())
             total = term if total is None else total + term
         return total, terms
