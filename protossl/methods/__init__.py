@@ -9,6 +9,7 @@ from protossl.methods.base import (
     register_method,
 )
 from protossl.methods.dino import DINO
+from protossl.methods.swav import SwAV
 
 __all__ = [
     "DINO",
@@ -16,6 +17,7 @@ __all__ = [
     "Method",
     "StepContext",
     "StepOutput",
+    "SwAV",
     "build_method",
     "register_method",
 ]

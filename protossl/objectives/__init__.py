@@ -27,6 +27,7 @@ from protossl.objectives.targets import Centering, TargetBuilder
 # Modules that register themselves by name (imported for that side effect).
 from protossl.objectives import embedding as _embedding  # noqa: E402,F401  isort: skip
 from protossl.objectives import pairwise as _pairwise  # noqa: E402,F401  isort: skip
+from protossl.objectives import sinkhorn as _sinkhorn  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "EMBEDDING_REGULARIZERS",
