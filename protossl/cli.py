@@ -195,15 +195,24 @@ def _cmd_dedupe(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from protossl.evaluation.run_eval import evaluate_run
+    from protossl.evaluation.run_eval import evaluate_run, format_results
 
-    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
-    result = evaluate_run(args.run, args.data, args.test_data, protocols)
+    result = evaluate_run(
+        args.run,
+        args.data,
+        args.test_data,
+        args.protocols,
+        features=args.features,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.json and sys.stderr.isatty(),
+    )
     if args.json:
         print(json.dumps(result))
     else:
-        for key, value in result["results"].items():
-            print(f"{key}: {value:.4f}", file=sys.stderr)
+        print(format_results(result), file=sys.stderr)
     return 0
 
 
@@ -225,6 +234,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(Path(args.out), epochs=args.epochs, parallel=not args.sequential)
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from protossl.sweep import run_sweep
+
+    gpus = [g for g in (args.gpus or "").split(",") if g.strip()]
+    rows = run_sweep(args.sweep, args.out, jobs=args.jobs if not gpus else len(gpus), gpus=gpus)
+    if args.json:
+        print(json.dumps(rows))
+    return 0 if all(row["status"] == "done" for row in rows) else 1
 
 
 # ---------------------------------------------------------------- parser
@@ -291,13 +310,39 @@ def build_parser() -> argparse.ArgumentParser:
     dedupe.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     dedupe.set_defaults(func=_cmd_dedupe)
 
-    evaluate = sub.add_parser("eval", help="evaluate frozen features (kNN)")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate frozen features (kNN, linear, few-shot, clustering, long-tail)"
+    )
     evaluate.add_argument("run", help="run directory or checkpoint file")
-    evaluate.add_argument("--data", required=True, help="training data spec for the kNN bank")
+    evaluate.add_argument(
+        "--data", required=True, help="data spec whose train split is the labelled pool"
+    )
     evaluate.add_argument("--test-data", help="test data spec (default: the test split of --data)")
-    evaluate.add_argument("--protocols", default="knn", help="comma-separated; available: knn")
+    evaluate.add_argument(
+        "--protocols",
+        default="knn",
+        help="comma-separated subset of knn,linear,fewshot,cluster,longtail (default: knn)",
+    )
+    evaluate.add_argument(
+        "--features",
+        default="backbone",
+        choices=["backbone", "bottleneck"],
+        help="teacher backbone output or the head's bottleneck (default: backbone)",
+    )
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="images per pass")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    evaluate.add_argument("--cache-dir", help="feature cache folder (default: RUN/cache)")
+    evaluate.add_argument("--no-cache", action="store_true", help="neither read nor write it")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.set_defaults(func=_cmd_eval)
+
+    sweep = sub.add_parser("sweep", help="run a grid of trainings, collect results.csv")
+    sweep.add_argument("sweep", help="sweep YAML file (preset, set, grid)")
+    sweep.add_argument("--out", required=True, help="sweep directory (one folder per run)")
+    sweep.add_argument("--jobs", type=_positive_int, default=1, help="runs at a time")
+    sweep.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time")
+    sweep.add_argument("--json", action="store_true", help="print the results as JSON")
+    sweep.set_defaults(func=_cmd_sweep)
 
     presets = sub.add_parser("presets", help="list the bundled recipes")
     presets.add_argument("--show", metavar="NAME", help="print a preset's fully resolved config")

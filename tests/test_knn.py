@@ -192,3 +192,87 @@ def test_accuracy_argument_errors() -> None:
         knn_accuracy(x, y, x, y, ks=())
     with pytest.raises(ValueError, match="test labels must lie"):
         knn_accuracy(x, y, x, torch.tensor([0, 1, 2, 0, 7]), num_classes=3)
+
+
+# ------------------------------------------------------------------ several k, search, budget
+
+
+def _unit(angle: float) -> list[float]:
+    return [math.cos(angle), math.sin(angle)]
+
+
+def test_hand_computed_several_k_change_the_winner() -> None:
+    from protossl.evaluation.knn import knn_classify
+
+    # Cosine similarities to the query [1, 0]: 1.0 (class 0), 0.95 and 0.95 (class 1),
+    # 0.5 (class 2). With T = 0.1 the votes are e^10, e^9.5, e^9.5, e^5:
+    # k=1 -> class 0; k=2 -> class 0 (22026 > 13360); k=3 -> class 1 (26720 > 22026);
+    # k=4 -> class 1, and class 2 enters the ranking.
+    a = math.acos(0.95)
+    train = torch.tensor([_unit(0.0), _unit(a), _unit(-a), _unit(math.acos(0.5))])
+    labels = torch.tensor([0, 1, 1, 2])
+    query = torch.tensor([[2.0, 0.0]])
+    e10, e95, e5 = math.exp(10), math.exp(9.5), math.exp(5)
+    expected = {
+        1: [e10, 0.0, 0.0],
+        2: [e10, e95, 0.0],
+        3: [e10, 2 * e95, 0.0],
+        4: [e10, 2 * e95, e5],
+    }
+    for k, row in expected.items():
+        got = knn_predict(train, labels, query, num_classes=3, k=k, temperature=0.1)
+        torch.testing.assert_close(got, torch.tensor([row]), rtol=1e-5, atol=0)
+    ranked = knn_classify(train, labels, query, 3, ks=(1, 2, 3, 4), temperature=0.1)
+    assert {k: v.tolist()[0] for k, v in ranked.items()} == {
+        1: [0, -1, -1],
+        2: [0, 1, -1],
+        3: [1, 0, -1],
+        4: [1, 0, 2],
+    }
+    acc = knn_accuracy(train, labels, query, torch.tensor([1]), ks=(1, 2, 3, 4), temperature=0.1)
+    assert acc == {"knn_top1@1": 0.0, "knn_top1@2": 0.0, "knn_top1@3": 1.0, "knn_top1@4": 1.0}
+
+
+def test_dino_default_ks_match_brute_force_per_k() -> None:
+    g = torch.Generator().manual_seed(6)
+    train = torch.randn(400, 12, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 7, (400,), generator=g)
+    test = torch.randn(9, 12, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 7, (9,), generator=g)
+    res = knn_accuracy(train, labels, test, y, ks=(10, 20, 100, 200), chunk_size=4)
+    for k in (10, 20, 100, 200):
+        ref = _brute_force_scores(train, labels, test, 7, k, 0.07)
+        assert res[f"knn_top1@{k}"] == float((ref.argmax(1) == y).double().mean())
+        top5 = ref.topk(5, dim=1)
+        hit5 = ((top5.indices == y[:, None]) & (top5.values > 0)).any(1)
+        assert res[f"knn_top5@{k}"] == float(hit5.double().mean())
+
+
+def test_knn_search_matches_full_sort_and_budget_bounds_the_chunk() -> None:
+    from protossl.evaluation.knn import _chunk_rows, knn_search
+
+    g = torch.Generator().manual_seed(7)
+    train, test = torch.randn(500, 8, generator=g), torch.randn(37, 8, generator=g)
+    full = (
+        torch.nn.functional.normalize(test, dim=1) @ torch.nn.functional.normalize(train, dim=1).T
+    )
+    ref_sims, ref_idx = full.sort(dim=1, descending=True)
+    for budget in (4 * 500, 4 * 500 * 5, 10**9):  # 1 row, 5 rows, everything at once
+        sims, idx = knn_search(train, test, k=30, memory_budget=budget)
+        torch.testing.assert_close(sims, ref_sims[:, :30])
+        assert torch.equal(idx, ref_idx[:, :30])
+    assert _chunk_rows(None, 100_000, 256 * 2**20) == 671  # 100k x 100k: 671 x 100k floats
+    assert _chunk_rows(None, 10**12, 256 * 2**20) == 1  # never zero rows
+    assert _chunk_rows(64, 10**6, 1) == 64  # an explicit chunk size wins
+
+
+def test_memory_budget_does_not_change_results() -> None:
+    g = torch.Generator().manual_seed(8)
+    train, labels = torch.randn(300, 16, generator=g), torch.randint(0, 10, (300,), generator=g)
+    test, y = torch.randn(101, 16, generator=g), torch.randint(0, 10, (101,), generator=g)
+    base = knn_accuracy(train, labels, test, y, ks=(10, 20, 100, 200))
+    for budget in (4 * 300, 4 * 300 * 7, 4 * 300 * 1000):
+        assert (
+            knn_accuracy(train, labels, test, y, ks=(10, 20, 100, 200), memory_budget=budget)
+            == base
+        )

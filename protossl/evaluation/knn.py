@@ -5,10 +5,15 @@ Self-Supervised Vision Transformers", ICCV 2021, Sec. 4.1 and the official
 ``eval_knn.py``, itself following Wu et al., 2018): features are
 L2-normalised, each test point retrieves its ``k`` most cosine-similar training
 points, and each neighbour votes for its label with weight ``exp(sim / T)``.
-DINO reports k = 20 and T = 0.07.
+DINO reports k = 20 and T = 0.07 (and k in 10, 20, 100, 200 in its appendix).
 
-Work is chunked over test points, so peak memory is ``O(chunk_size * N)`` for
-``N`` training points rather than ``O(M * N)``.
+The search is exact and chunked over test points. The chunk is chosen so that
+the ``[chunk, N]`` similarity block fits in ``memory_budget`` bytes (default
+256 MiB), and that block is allocated once and reused; so beyond the inputs and
+their normalised copies, peak extra memory is the budget plus
+``chunk * k_max * 12`` bytes of neighbours and ``M * len(ks) * 5 * 8`` bytes of
+ranked predictions. For 100k x 100k features of dimension 384 that is 256 MiB +
+~0.5 MiB + 32 MiB, whereas a plain ``test @ train.T`` would need 40 GB.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["knn_accuracy", "knn_predict"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "knn_accuracy", "knn_classify", "knn_predict", "knn_search"]
+
+# 256 MiB of float32 similarities per chunk: big enough that a BLAS call amortises its
+# overhead, small enough for any laptop; measured in benchmarks/knn_speed.py.
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 
 def _check_features(train_features: Tensor, train_labels: Tensor, test_features: Tensor) -> None:
@@ -49,13 +58,13 @@ def _check_labels(labels: Tensor, num_points: int, name: str) -> None:
         raise ValueError(f"{name}_labels must be an integer tensor (got {labels.dtype})")
 
 
-def _check_hyperparameters(k: int, temperature: float, chunk_size: int) -> None:
+def _check_hyperparameters(k: int, temperature: float, chunk_size: int | None) -> None:
     """Raise ValueError for k, T or chunk size outside their valid ranges."""
     if k < 1:
         raise ValueError(f"k must be >= 1 (got {k})")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (got {temperature})")
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
 
 
@@ -80,10 +89,69 @@ def _normalize(features: Tensor) -> Tensor:
     return F.normalize(features.float(), dim=1)
 
 
-def _neighbours(train_n: Tensor, test_chunk: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k cosine similarities and indices, sorted from most to least similar."""
-    similarity = test_chunk @ train_n.T  # [chunk, N]; this is the O(chunk * N) buffer
-    return similarity.topk(k, dim=1, largest=True, sorted=True)
+def _chunk_rows(chunk_size: int | None, num_train: int, memory_budget: int) -> int:
+    """Test rows per chunk: ``chunk_size`` if given, else as many as the budget allows."""
+    if chunk_size is not None:
+        return chunk_size
+    return max(1, memory_budget // (4 * max(num_train, 1)))
+
+
+def _search_chunks(
+    train_n: Tensor, test_n: Tensor, k: int, rows: int
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Yield ``(start, sims, indices)`` of the top-k neighbours, block by block of test rows.
+
+    The similarity block is allocated once and written in place by ``torch.mm(out=...)``:
+    a fresh 256 MiB buffer per chunk would be returned to the OS and page-faulted back
+    every time, which costs as much as the matrix product itself on CPU.
+    """
+    train_t = train_n.T  # a view; BLAS reads it transposed without a copy
+    block = torch.empty(min(rows, test_n.shape[0]), train_n.shape[0], device=train_n.device)
+    for start in range(0, test_n.shape[0], rows):
+        chunk = test_n[start : start + rows]
+        sims = torch.mm(chunk, train_t, out=block[: chunk.shape[0]])
+        top_sims, top_idx = sims.topk(k, dim=1, largest=True, sorted=True)
+        yield start, top_sims, top_idx
+
+
+def knn_search(
+    train_features: Tensor,
+    test_features: Tensor,
+    k: int,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> tuple[Tensor, Tensor]:
+    """Exact top-k cosine neighbours of every test point among the training points.
+
+    Args:
+        train_features: ``[N, d]`` (normalised inside).
+        test_features: ``[M, d]`` (normalised inside).
+        k: Neighbours per test point (reduced to N if larger).
+        chunk_size: Test points per block; default: as many as ``memory_budget`` allows.
+        memory_budget: Bytes for one ``[chunk, N]`` float32 similarity block.
+
+    Returns:
+        ``(sims, indices)``, both ``[M, min(k, N)]``, most similar first.
+
+    Example:
+        >>> x = torch.eye(3)
+        >>> knn_search(x, x, k=1)[1].flatten().tolist()
+        [0, 1, 2]
+    """
+    if train_features.ndim != 2 or test_features.ndim != 2:
+        raise ValueError("features must be 2-D [num_points, dim]")
+    if train_features.shape[0] == 0:
+        raise ValueError("train_features is empty: kNN needs at least one training point")
+    _check_hyperparameters(k, 1.0, chunk_size)
+    train_n = _normalize(train_features)
+    test_n = _normalize(test_features.to(train_n.device))
+    k = min(k, train_n.shape[0])
+    rows = _chunk_rows(chunk_size, train_n.shape[0], memory_budget)
+    if test_n.shape[0] == 0:
+        empty = torch.empty(0, k, device=train_n.device)
+        return empty, empty.long()
+    sims, idx = zip(*((s, i) for _, s, i in _search_chunks(train_n, test_n, k, rows)), strict=True)
+    return torch.cat(sims), torch.cat(idx)
 
 
 def _vote(
@@ -96,10 +164,16 @@ def _vote(
     return scores.scatter_add_(1, neighbour_labels, weights)
 
 
-def _chunks(test_n: Tensor, chunk_size: int) -> Iterator[Tensor]:
-    """Yield consecutive row blocks of at most ``chunk_size`` test points."""
-    for start in range(0, test_n.shape[0], chunk_size):
-        yield test_n[start : start + chunk_size]
+def _ranked(scores: Tensor, top: int) -> Tensor:
+    """The ``top`` best classes per row, best first; -1 where no neighbour voted.
+
+    A class only counts if some neighbour voted for it (score > 0): otherwise the
+    order among zero-score classes is arbitrary and a label that no neighbour carries
+    could be "found" by chance. DINO's ``eval_knn.py`` achieves the same for k < 5 by
+    looking at only ``min(5, k)`` predictions.
+    """
+    top_scores, top_classes = scores.topk(top, dim=1)
+    return top_classes.masked_fill(top_scores <= 0, -1)
 
 
 def knn_predict(
@@ -109,7 +183,8 @@ def knn_predict(
     num_classes: int,
     k: int = 20,
     temperature: float = 0.07,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> Tensor:
     """Class scores of DINO's weighted kNN classifier (Caron et al., 2021).
 
@@ -126,8 +201,8 @@ def knn_predict(
         num_classes: Number of score columns.
         k: Number of neighbours (DINO: 20).
         temperature: Temperature T of the vote weights (DINO: 0.07).
-        chunk_size: Test points processed at once; bounds memory to
-            ``O(chunk_size * N)``.
+        chunk_size: Test points processed at once (default: from ``memory_budget``).
+        memory_budget: Bytes of one ``[chunk, N]`` similarity block.
 
     Returns:
         ``[M, num_classes]`` float32 scores on the device of ``train_features``.
@@ -153,24 +228,64 @@ def knn_predict(
     test_n = _normalize(test_features.to(device))
     if test_n.shape[0] == 0:
         return torch.zeros(0, num_classes, device=device)
-    out = []
-    for chunk in _chunks(test_n, chunk_size):
-        sims, indices = _neighbours(train_n, chunk, k)
-        out.append(_vote(sims, indices, labels, num_classes, temperature))
+    rows = _chunk_rows(chunk_size, train_n.shape[0], memory_budget)
+    out = [
+        _vote(sims, indices, labels, num_classes, temperature)
+        for _, sims, indices in _search_chunks(train_n, test_n, k, rows)
+    ]
     return torch.cat(out)
 
 
-def _count_correct(scores: Tensor, targets: Tensor, top: int) -> tuple[int, int]:
-    """Numbers of test points whose label is the top-1 / within the top-``top`` classes.
+def knn_classify(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    ks: Sequence[int] = (10, 20, 100, 200),
+    temperature: float = 0.07,
+    top: int = 5,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict[int, Tensor]:
+    """Ranked kNN predictions for several k from one search with the largest k.
 
-    A class only counts if some neighbour voted for it (score > 0): otherwise
-    the order among zero-score classes is arbitrary and a label that no
-    neighbour carries could be "found" by chance. DINO's ``eval_knn.py``
-    achieves the same for k < 5 by looking at only ``min(5, k)`` predictions.
+    Each smaller k reuses the leading neighbours of the same sorted list, so DINO's
+    ``ks=(10, 20, 100, 200)`` cost about as much as k = 200 alone. Only the ranked
+    classes are kept per chunk (not the neighbours), so memory stays bounded.
+
+    Returns:
+        ``{k: [M, min(top, num_classes)] long}``: the best classes first, -1 where
+        fewer classes received a vote.
+
+    Example:
+        >>> x, y = torch.eye(4), torch.tensor([0, 1, 2, 3])
+        >>> knn_classify(x, y, x, 4, ks=(1,), top=2)[1].tolist()[0]
+        [0, -1]
     """
-    top_scores, top_classes = scores.topk(top, dim=1)
-    hit = (top_classes == targets[:, None]) & (top_scores > 0)
-    return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
+    _check_features(train_features, train_labels, test_features)
+    if len(ks) == 0:
+        raise ValueError("ks must contain at least one k")
+    for k in ks:
+        _check_hyperparameters(k, temperature, chunk_size)
+    if top < 1:
+        raise ValueError(f"top must be >= 1 (got {top})")
+    _check_num_classes(train_labels, num_classes)
+    device = train_features.device
+    train_n = _normalize(train_features)
+    labels = train_labels.to(device=device, dtype=torch.long)
+    test_n = _normalize(test_features.to(device))
+    k_max = min(max(ks), train_n.shape[0])
+    top = min(top, num_classes)
+    ranked = {k: torch.empty(test_n.shape[0], top, dtype=torch.long, device=device) for k in ks}
+    if test_n.shape[0] == 0:
+        return ranked
+    rows = _chunk_rows(chunk_size, train_n.shape[0], memory_budget)
+    for start, sims, indices in _search_chunks(train_n, test_n, k_max, rows):
+        for k in ks:
+            kk = min(k, k_max)
+            scores = _vote(sims[:, :kk], indices[:, :kk], labels, num_classes, temperature)
+            ranked[k][start : start + sims.shape[0]] = _ranked(scores, top)
+    return ranked
 
 
 def knn_accuracy(
@@ -181,24 +296,24 @@ def knn_accuracy(
     num_classes: int | None = None,
     ks: Sequence[int] = (20,),
     temperature: float = 0.07,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, float]:
     """Top-1 (and top-5) accuracy of DINO's weighted kNN for several k (Caron et al., 2021).
 
-    The similarity search runs once with the largest k; each smaller k reuses
-    the leading neighbours of the same sorted list, so evaluating DINO's usual
-    ``ks=(10, 20, 100, 200)`` costs about as much as the largest k alone.
+    The similarity search runs once with the largest k (see :func:`knn_classify`).
 
     Args:
         train_features: ``[N, d]`` training features.
         train_labels: ``[N]`` integer training labels.
         test_features: ``[M, d]`` test features (M >= 1).
-        test_labels: ``[M]`` integer test labels.
+        test_labels: ``[M]`` integer test labels (only compared with predictions).
         num_classes: Number of classes; defaults to the largest label (train
             or test) plus one.
         ks: Numbers of neighbours to evaluate (each >= 1).
         temperature: Temperature T of the vote weights (DINO: 0.07).
-        chunk_size: Test points processed at once.
+        chunk_size: Test points processed at once (default: from ``memory_budget``).
+        memory_budget: Bytes of one ``[chunk, N]`` similarity block.
 
     Returns:
         ``{"knn_top1@K": acc, "knn_top5@K": acc, ...}`` with accuracies in
@@ -218,42 +333,26 @@ def knn_accuracy(
     _check_labels(test_labels, test_features.shape[0], "test")
     if test_features.shape[0] == 0:
         raise ValueError("test_features is empty: accuracy needs at least one test point")
-    if len(ks) == 0:
-        raise ValueError("ks must contain at least one k")
-    for k in ks:
-        _check_hyperparameters(k, temperature, chunk_size)
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     _check_num_classes(train_labels, num_classes)
     _check_num_classes(test_labels, num_classes, "test")
-
-    device = train_features.device
-    train_n = _normalize(train_features)
-    labels = train_labels.to(device=device, dtype=torch.long)
-    targets = test_labels.to(device=device, dtype=torch.long)
-    test_n = _normalize(test_features.to(device))
-    k_max = min(max(ks), train_n.shape[0])
-    top = min(5, num_classes)
-    correct = {k: [0, 0] for k in ks}
-    for start in range(0, test_n.shape[0], chunk_size):
-        sims, indices = _neighbours(train_n, test_n[start : start + chunk_size], k_max)
-        chunk_targets = targets[start : start + chunk_size]
-        for k in ks:
-            kk = min(k, k_max)
-            scores = _vote(sims[:, :kk], indices[:, :kk], labels, num_classes, temperature)
-            top1, top5 = _count_correct(scores, chunk_targets, top)
-            correct[k][0] += top1
-            correct[k][1] += top5
-    return _accuracy_dict(correct, test_n.shape[0], report_top5=num_classes >= 5)
-
-
-def _accuracy_dict(
-    correct: dict[int, list[int]], total: int, report_top5: bool
-) -> dict[str, float]:
-    """Turn per-k correct counts into the ``knn_top1@k`` / ``knn_top5@k`` dictionary."""
+    ranked = knn_classify(
+        train_features,
+        train_labels,
+        test_features,
+        num_classes,
+        ks=ks,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+    )
+    targets = test_labels.to(device=train_features.device, dtype=torch.long)[:, None]
     result: dict[str, float] = {}
-    for k, (top1, top5) in correct.items():
-        result[f"knn_top1@{k}"] = top1 / total
-        if report_top5:
-            result[f"knn_top5@{k}"] = top5 / total
+    for k, classes in ranked.items():
+        hits = classes == targets
+        # Integer counts over the total: exact fractions, independent of the chunking.
+        result[f"knn_top1@{k}"] = int(hits[:, 0].sum()) / classes.shape[0]
+        if num_classes >= 5:
+            result[f"knn_top5@{k}"] = int(hits.any(dim=1).sum()) / classes.shape[0]
     return result
