@@ -73,6 +73,7 @@ class DINO(Method):
         for param in self.teacher.parameters():
             param.requires_grad_(False)
         self.student_temp = o.student_temp
+        self.teacher_temp = o.teacher_temp  # for evaluation logits (vMF heads need it)
         self.cross_entropy = DINOCrossEntropy(student_temp=o.student_temp)
         self.target_builder = build_target_builder(
             o.target,
@@ -108,7 +109,7 @@ class DINO(Method):
             embeddings=student_features[:NUM_GLOBAL_CROPS],
         )
         # The center moves only after this batch's targets were built (as in DINO).
-        self.target_builder.update(teacher_logits)
+        self.target_builder.update(teacher_logits, teacher_temp=teacher_temp)
         terms["loss"] = float(loss.detach())
         return StepOutput(loss=loss, terms=terms)
 
@@ -127,4 +128,6 @@ class DINO(Method):
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher.head(self.teacher.backbone(images))
+        scores = self.teacher.head(self.teacher.backbone(images))
+        # The vMF log-normalizer changes which prototype wins; identity otherwise.
+        return self.teacher.head.prototypes.adjust_logits(scores, self.teacher_temp)

@@ -4,6 +4,8 @@ The head is an MLP to a bottleneck of dimension p, L2-normalized, followed by
 a prototype layer of K vectors w_k whose logits are <w_k/||w_k||, y>
 (Caron et al. 2021, ``DINOHead`` with ``norm_last_layer=True``: weight norm
 with the gain fixed to 1). The temperature is applied by the loss.
+:class:`VMFPrototypeLayer` keeps the prototypes unnormalized and adds the
+von Mises-Fisher log-normalizer to the logits (DINO-vMF, Govindarajan et al. 2023).
 
 Example:
     >>> head = DINOHead(in_dim=96, num_prototypes=256, hidden_dim=128, bottleneck_dim=32)
@@ -18,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from protossl.objectives.vmf import log_vmf_normalizer
 
 
 class PrototypeLayer(nn.Module):
@@ -56,8 +60,62 @@ class PrototypeLayer(nn.Module):
         return scores
 
 
+class VMFPrototypeLayer(PrototypeLayer):
+    """Unnormalized prototypes read as von Mises-Fisher components (DINO-vMF).
+
+    From Govindarajan et al., "DINO as a von Mises-Fisher mixture model" (ICLR
+    2023): prototype k is a vMF component with mean direction w_k / ||w_k|| and
+    concentration kappa_k = ||w_k|| / tau, so its logit gets the vMF
+    log-normalizer, ``l_k = <w_k, y> / tau + log C_p(kappa_k)`` (design.md).
+    :meth:`forward` returns the scores ``<w_k, y>``; :meth:`adjust_logits` adds
+    ``tau * log C_p(||w_k|| / tau)`` with the temperature of the branch (the
+    student's for the student, the teacher's for the teacher: the two define
+    different mixtures from the same prototypes), so the loss's division by tau
+    gives l_k exactly.
+
+    ``weight`` holds w itself, without a constraint on its norm. It starts as
+    DINO's weight-normalized last layer does (``weight_g`` filled with 1,
+    ``norm_last_layer=False`` in DINO-vMF): nn.Linear's initialization for the
+    directions and unit norms, i.e. kappa_k = 1 / tau at the start.
+
+    Example:
+        >>> layer = VMFPrototypeLayer(dim=32, num_prototypes=64)
+        >>> scores = layer(torch.nn.functional.normalize(torch.randn(4, 32), dim=-1))
+        >>> logits = layer.adjust_logits(scores, temperature=0.1) / 0.1
+    """
+
+    def __init__(self, dim: int, num_prototypes: int) -> None:
+        super().__init__(dim, num_prototypes)
+        with torch.no_grad():
+            self.weight.copy_(F.normalize(self.weight, dim=-1))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.linear(y, self.weight)
+
+    def log_normalizer(self, temperature: float) -> torch.Tensor:
+        """``log C_p(||w_k|| / temperature)`` for every prototype, [K], in float32 or wider."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (got {temperature})")
+        weight: torch.Tensor = self.weight
+        if weight.dtype in (torch.float16, torch.bfloat16):
+            weight = weight.float()
+        kappa = weight.norm(dim=-1) / temperature
+        return log_vmf_normalizer(kappa, dim=self.weight.shape[1])
+
+    def adjust_logits(self, scores: torch.Tensor, temperature: float) -> torch.Tensor:
+        """``scores + temperature * log C_p(||w_k|| / temperature)``, differentiable in w.
+
+        Under autocast the result is float32: log C_p is in the hundreds for
+        p = 256, beyond what half precision can add to a score.
+        """
+        return scores + temperature * self.log_normalizer(temperature)
+
+
 # Prototype layer classes by ``model.prototype_layer`` name.
-PROTOTYPE_LAYERS: dict[str, type[PrototypeLayer]] = {"normalized": PrototypeLayer}
+PROTOTYPE_LAYERS: dict[str, type[PrototypeLayer]] = {
+    "normalized": PrototypeLayer,
+    "vmf": VMFPrototypeLayer,
+}
 
 
 class DINOHead(nn.Module):

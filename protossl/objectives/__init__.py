@@ -23,11 +23,13 @@ from protossl.objectives.registry import (
     register_target_builder,
 )
 from protossl.objectives.targets import Centering, TargetBuilder
+from protossl.objectives.vmf import log_vmf_normalizer
 
 # Modules that register themselves by name (imported for that side effect).
 from protossl.objectives import embedding as _embedding  # noqa: E402,F401  isort: skip
 from protossl.objectives import pairwise as _pairwise  # noqa: E402,F401  isort: skip
 from protossl.objectives import sinkhorn as _sinkhorn  # noqa: E402,F401  isort: skip
+from protossl.objectives import probability_centering as _prob  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "EMBEDDING_REGULARIZERS",
@@ -43,6 +45,7 @@ __all__ = [
     "build_prototype_regularizer",
     "build_target_builder",
     "koleo_loss",
+    "log_vmf_normalizer",
     "koleo_proto_loss",
     "multicrop_cross_entropy",
     "register_embedding_regularizer",

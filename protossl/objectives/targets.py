@@ -47,8 +47,14 @@ class TargetBuilder(nn.Module, ABC):
     def targets(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
         """Target probabilities with the shape of ``teacher_logits``, without gradient."""
 
-    def update(self, teacher_logits: Tensor) -> None:  # noqa: B027 - optional hook
-        """Advance running statistics with this step's teacher logits (default: none)."""
+    def update(  # noqa: B027 - optional hook
+        self, teacher_logits: Tensor, teacher_temp: float | None = None
+    ) -> None:
+        """Advance running statistics with this step's teacher logits (default: none).
+
+        ``teacher_temp`` is this step's teacher temperature, for builders whose
+        statistics are probabilities (probability centering); others ignore it.
+        """
 
     def forward(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
         return self.targets(teacher_logits, teacher_temp)
@@ -100,7 +106,7 @@ class Centering(TargetBuilder):
         return centered_softmax(teacher_logits, self.center, teacher_temp)
 
     @torch.no_grad()
-    def update(self, teacher_logits: Tensor) -> None:
+    def update(self, teacher_logits: Tensor, teacher_temp: float | None = None) -> None:
         """EMA update of the center with the mean teacher logits over crops, batch and processes."""
         self._check_logits(teacher_logits)
         flat = teacher_logits.detach().reshape(-1, self.num_prototypes)
