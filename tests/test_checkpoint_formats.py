@@ -668,6 +668,21 @@ def test_protossl_checkpoints_read_as_before(tmp_path: Path) -> None:
         read_prototype_heads(save(dino_full().state, tmp_path, "dino.pth"), format="protossl")
 
 
+def test_protossl_separate_patch_head_is_its_own_head(tmp_path: Path) -> None:
+    # iBOT with model.shared_head=false: the patch head must not replace the class head.
+    layout = protossl_run()
+    state = dict(layout.state)
+    method = dict(state["method"])
+    patch = torch.randn(48, 8)
+    method["student.patch_head.prototypes.weight"] = patch
+    state["method"] = method
+    fmt, heads = read_prototype_heads(save(state, tmp_path))
+    assert fmt == "protossl"
+    assert sorted(heads) == ["student", "student/patch_head", "teacher"]
+    assert torch.equal(heads["student"], method["student.head.prototypes.weight"].float())
+    assert torch.equal(heads["student/patch_head"], patch)
+
+
 # ------------------------------------------------------------------ safety
 
 

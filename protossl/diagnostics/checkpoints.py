@@ -354,8 +354,16 @@ def _read_matches(
 def _read_protossl(state: dict[str, Any], file: Path) -> dict[str, torch.Tensor]:
     heads: dict[str, torch.Tensor] = {}
     for key, value in state["method"].items():
-        if key.endswith(PROTOSSL_PROTOTYPE_SUFFIX) and isinstance(value, torch.Tensor):
-            heads[key.split(".", 1)[0]] = value.float()
+        if not isinstance(value, torch.Tensor):
+            continue
+        branch, _, rest = key.partition(".")
+        # student.head.prototypes.weight -> "student"; iBOT's separate patch head
+        # (student.patch_head.prototypes.weight) -> "student/patch_head".
+        if rest == PROTOSSL_PROTOTYPE_SUFFIX:
+            heads[branch] = value.float()
+        elif rest.endswith("_" + PROTOSSL_PROTOTYPE_SUFFIX):
+            head_name = rest.removesuffix(".prototypes.weight")
+            heads[f"{branch}/{head_name}"] = value.float()
     if not heads:
         raise UserError(f"{file} holds no prototype layer ('*.{PROTOSSL_PROTOTYPE_SUFFIX}')")
     return heads

@@ -9,10 +9,12 @@ from protossl.methods.base import (
     register_method,
 )
 from protossl.methods.dino import DINO
+from protossl.methods.ibot import IBOT
 from protossl.methods.swav import SwAV
 
 __all__ = [
     "DINO",
+    "IBOT",
     "METHODS",
     "Method",
     "StepContext",
