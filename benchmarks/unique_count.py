@@ -51,6 +51,9 @@ DIM = 256
 GROUPS = 1000
 CHUNK = 8192
 ROOT = Path(__file__).resolve().parents[1]
+# docs/unique_count.md from this heading on is maintained by hand and by
+# benchmarks/analyze_speed.py; this script keeps it.
+KEEP_FROM = "## Everything `protossl analyze` prints"
 
 # (case name, data kind, K, target seconds for the leaders, brute force mode)
 CASES = [
@@ -250,6 +253,12 @@ def write_report(
         waited=waited,
         date=time.strftime("%Y-%m-%d %H:%M"),
     )
+    # Keep the sections written by benchmarks/analyze_speed.py (algorithm and table).
+    if path.exists():
+        previous = path.read_text()
+        keep = previous.find(KEEP_FROM)
+        if keep >= 0:
+            text = text.rstrip("\n") + "\n\n" + previous[keep:]
     path.write_text(text)
     print(table)
     print(f"wrote {path}", file=sys.stderr)
@@ -302,8 +311,8 @@ and identical canonical labels (components numbered by their smallest member).
 `"auto"` hands over to the brute force if the leader graph turns out too dense to pay
 off (more than 8M leader pairs within 3 eps, or more member pairs to check than
 K^2 / 128). `uniqueness_curve`, `nearest_neighbor_distances` and
-`summarize_prototypes` still use the brute-force pass (float64 tiles, K^2 p work): at
-K = 262,144 they take minutes.
+`summarize_prototypes` (what `protossl analyze` prints) reuse the same covers; see
+"Everything `protossl analyze` prints" below.
 
 ## Benchmark
 

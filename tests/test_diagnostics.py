@@ -33,9 +33,13 @@ from protossl.diagnostics import (
 
 
 def brute_distances(weights: torch.Tensor) -> torch.Tensor:
-    """Full matrix of direct distances between unit directions (float64)."""
+    """Full matrix of direct distances between unit directions (float64).
+
+    Rows are divided by max(norm, 1e-12), so zero rows stay zero (the documented
+    ``F.normalize`` semantics) and tiny rows stay short.
+    """
     w = weights.to(torch.float64)
-    u = w / w.norm(dim=1, keepdim=True)
+    u = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return (u[:, None, :] - u[None, :, :]).norm(dim=-1)
 
 
@@ -674,3 +678,218 @@ def test_leaders_projection_screen_is_conservative(
         result = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
         np.testing.assert_array_equal(result.labels, brute_labels(w, eps))
     assert built == [4 if force else 32] * 2
+
+
+# --- exact fast nearest neighbours and uniqueness curve (issue 4: analyze) ---------------
+
+
+def brute_nearest(weights: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Direct float64 nearest-neighbour distances, a chunk of rows at a time."""
+    w = weights.to(torch.float64)
+    u = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    out = []
+    for s in range(0, u.shape[0], chunk):
+        d = (u[s : s + chunk, None, :] - u[None, :, :]).norm(dim=-1)
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = math.inf
+        out.append(d.min(dim=1).values)
+    return torch.cat(out)
+
+
+def brute_m(weights: torch.Tensor, eps: float) -> int:
+    return int(brute_labels(weights, eps).max()) + 1
+
+
+def odd_rows_mixture(seed: int, eps: float) -> torch.Tensor:
+    """hard_mixture plus zero rows, tiny rows (norm < 1e-12) and exact duplicates."""
+    gen = torch.Generator().manual_seed(seed)
+    w = hard_mixture(seed, eps)
+    p = w.shape[1]
+    tiny = 1e-14 * torch.randn(3, p, generator=gen, dtype=torch.float64)
+    w = torch.cat([w, torch.zeros(3, p, dtype=torch.float64), tiny, w[:5] * 2.0])
+    return w[torch.randperm(w.shape[0], generator=gen)]
+
+
+def _curve_grid(eps: float) -> list[float]:
+    # Both sides of the planted near-threshold pairs, below and above the covers' eps.
+    return [0.001, 0.5 * eps, eps * (1 - 2e-6), eps, eps * (1 + 2e-6), 2 * eps, 0.1, 0.3, 0.5]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("block_size", [16, 2048])
+def test_nearest_neighbors_exact_on_mixtures(
+    seed: int, dtype: torch.dtype, block_size: int
+) -> None:
+    w = hard_mixture(seed, DEFAULT_EPS).to(dtype)
+    got = nearest_neighbor_distances(w, block_size=block_size)
+    assert got.dtype == torch.float64 and got.shape == (w.shape[0],)
+    torch.testing.assert_close(got, brute_nearest(w), atol=1e-12, rtol=0)
+
+
+def test_nearest_neighbor_mixture_has_covered_and_lonely_rows() -> None:
+    # The fixture exercises both searches: neighbourhoods (float64) and lonely (float32).
+    units = unique_mod._unit_directions(hard_mixture(0, DEFAULT_EPS), 16)
+    covers = unique_mod._prepare(units, DEFAULT_EPS, 16, give_up=True).covers
+    assert covers is not None
+    size = np.bincount(covers.cover_of)
+    assert (size[covers.cover_of] == 1).sum() > 50 and (size >= 2).sum() > 5
+    assert covers.pair_a.size > 0  # neighbouring covers too
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nearest_neighbors_with_zero_tiny_and_duplicate_rows(seed: int) -> None:
+    w = odd_rows_mixture(seed, DEFAULT_EPS)
+    for block_size in (8, 2048):
+        got = nearest_neighbor_distances(w, block_size=block_size)
+        torch.testing.assert_close(got, brute_nearest(w), atol=1e-12, rtol=0)
+    only_zero_and_one = torch.cat([torch.zeros(1, 4), torch.eye(4)[:1] * 3.0])
+    torch.testing.assert_close(
+        nearest_neighbor_distances(only_zero_and_one), torch.ones(2, dtype=torch.float64)
+    )
+
+
+def test_nearest_neighbors_dense_fallback_and_projection(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = hard_mixture(5, DEFAULT_EPS)
+    expected = brute_nearest(w)
+    # Covers given up (too dense): every row goes through the symmetric float32 pass.
+    with monkeypatch.context() as m:
+
+        def give_up(self):  # type: ignore[no-untyped-def]
+            raise unique_mod._TooDense
+
+        m.setattr(unique_mod._CoverBuilder, "build", give_up)
+        units = unique_mod._unit_directions(w, 16)
+        assert unique_mod._prepare(units, DEFAULT_EPS, 16, give_up=True).covers is None
+        got = nearest_neighbor_distances(w, block_size=16)
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+    # Projection screen forced on for the covers (q = 4 at p = 16).
+    monkeypatch.setattr(unique_mod, "_PROJECT_MIN_ROWS", 1)
+    monkeypatch.setattr(unique_mod, "_PROJECT_MIN_P", 1)
+    got = nearest_neighbor_distances(w, block_size=16)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_nearest_neighbors_large_cover_spans_several_tiles() -> None:
+    # One tight group of 1,300 (a cover wider than a tile: several row and column
+    # tiles in the neighbourhood pass) next to 300 random rows; float32 input.
+    gen = torch.Generator().manual_seed(63)
+    center = torch.randn(1, 24, generator=gen)
+    group = center + 1e-3 * torch.randn(1300, 24, generator=gen)
+    w = torch.cat([group, torch.randn(300, 24, generator=gen)])
+    w = w[torch.randperm(w.shape[0], generator=gen)]
+    got = nearest_neighbor_distances(w, block_size=64)
+    torch.testing.assert_close(got, brute_nearest(w), atol=1e-12, rtol=0)
+    curve = uniqueness_curve(w, [1e-4, 3e-4, 1e-3, 0.01], block_size=64)
+    assert curve == uniqueness_curve(w, [1e-4, 3e-4, 1e-3, 0.01], method="brute")
+    assert curve[0][1] > curve[-1][1] == 301
+
+
+def test_nearest_neighbors_near_ties_are_exact() -> None:
+    # Neighbours at distances differing by 1e-9: far below the float32 screen's
+    # resolution; the direct float64 re-measure must still return the smaller one.
+    a, b, c = _orthonormal(torch.Generator().manual_seed(60), 64, 3)
+    rows = [a, _on_circle(a, b, 0.5), _on_circle(a, c, 0.5 + 1e-9)]
+    w = torch.stack(rows + [_on_circle(b, c, 0.9)])
+    torch.testing.assert_close(nearest_neighbor_distances(w), brute_nearest(w), atol=1e-15, rtol=0)
+    assert float(nearest_neighbor_distances(w)[0]) == pytest.approx(0.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("eps", [0.01, DEFAULT_EPS, 0.1])
+def test_uniqueness_curve_exact_on_hard_mixtures(seed: int, eps: float) -> None:
+    w = hard_mixture(seed, eps)
+    grid = _curve_grid(eps)
+    expected = [brute_m(w, e) for e in sorted(set(grid))]
+    for block_size in (16, 2048):
+        assert [m for _, m in uniqueness_curve(w, grid, block_size=block_size)] == expected
+    # The summary builds its covers at its own eps; every part of its curve is exact too.
+    summary = summarize_prototypes(w, eps=eps, eps_grid=grid, block_size=16)
+    assert [m for _, m in summary["uniqueness_curve"]] == expected
+    assert summary["M"] == brute_m(w, eps)
+    assert len(set(expected)) >= 4  # chains and planted pairs really cross the grid
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_uniqueness_curve_with_zero_tiny_and_duplicate_rows(seed: int, dtype: torch.dtype) -> None:
+    w = odd_rows_mixture(seed, DEFAULT_EPS).to(dtype)
+    w64 = w.to(torch.float64)
+    grid = _curve_grid(DEFAULT_EPS) + [1.0, 1.0 + 1e-7, 1.5]
+    expected = [brute_m(w64, e) for e in sorted(set(grid))]
+    assert [m for _, m in uniqueness_curve(w, grid, block_size=16)] == expected
+    summary = summarize_prototypes(w, eps_grid=grid, block_size=16)
+    assert [m for _, m in summary["uniqueness_curve"]] == expected
+
+
+def test_uniqueness_curve_on_dense_low_dim_graph_and_fallbacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = dense_low_dim(61, k=250)
+    grid = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5]
+    expected = [brute_m(w, e) for e in grid]
+    assert [m for _, m in uniqueness_curve(w, grid, block_size=23)] == expected
+    assert expected[0] > expected[-1]
+    # Leader graphs "too dense": the curve above the covers' eps falls back per eps.
+    monkeypatch.setattr(unique_mod, "_DENSE_LEADER_PAIRS", 0)
+    monkeypatch.setattr(unique_mod, "_AUTO_MIN_K", 1)
+    assert [m for _, m in uniqueness_curve(w, grid, block_size=23)] == expected
+
+
+def test_long_curve_links_the_same_covers() -> None:
+    # Above the covers' eps the curve comes from linking the covers (no new leaders).
+    eps = DEFAULT_EPS
+    w = hard_mixture(3, eps)
+    units = unique_mod._unit_directions(w, 16)
+    prepared = unique_mod._prepare(units, eps, 16, give_up=True)
+    nearest, short = unique_mod._nearest_and_short_curve(
+        units, 16, prepared, np.array([0.001, 0.01, eps])
+    )
+    assert short == {e: brute_m(w, e) for e in (0.001, 0.01, eps)}
+    longer = np.array([2 * eps, 0.1, 0.5])
+    linked = unique_mod._long_curve(units, prepared, nearest, longer, 16)
+    assert linked == {e: brute_m(w, e) for e in longer.tolist()}
+
+
+def test_curve_and_summary_at_larger_k_match_the_brute_force() -> None:
+    # K >= 2048: the leaders count M and the per-eps fallback; compared with the brute
+    # force pass (itself checked against the reference above).
+    w = collapsed_and_random(62, k=2600, p=32, groups=40, eps=DEFAULT_EPS)
+    w = torch.cat([w, w[:7] * 2.0, torch.zeros(2, 32)])
+    grid = list(DEFAULT_EPS_GRID)
+    auto = summarize_prototypes(w, eps_grid=grid)
+    brute = summarize_prototypes(w, eps_grid=grid, method="brute")
+    for key in ("K", "M", "uniqueness_curve", "largest_groups", "norm_quantiles"):
+        assert auto[key] == brute[key], key
+    for key, value in auto["nn_distance_quantiles"].items():
+        assert value == pytest.approx(brute["nn_distance_quantiles"][key], abs=1e-7)
+    assert uniqueness_curve(w, grid) == uniqueness_curve(w, grid, method="brute")
+    torch.testing.assert_close(
+        nearest_neighbor_distances(w),
+        nearest_neighbor_distances(w, method="brute"),
+        atol=1e-7,
+        rtol=0,
+    )
+
+
+def test_summary_auto_matches_reference_and_reports_timings() -> None:
+    w = odd_rows_mixture(7, DEFAULT_EPS)
+    timings: dict[str, float] = {}
+    summary = summarize_prototypes(w, timings=timings, block_size=16)
+    assert set(timings) == {"units", "M", "nearest", "curve", "norms"}
+    assert all(t >= 0 for t in timings.values())
+    nn = brute_nearest(w)
+    assert summary["nn_distance_quantiles"] == pytest.approx(distance_quantiles(nn), abs=1e-12)
+    labels = brute_labels(w, DEFAULT_EPS)
+    sizes = sorted(np.bincount(labels).tolist(), reverse=True)
+    assert summary["M"] == len(sizes) and summary["largest_groups"] == sizes[:10]
+    assert summary == summarize_prototypes(w, block_size=2048)  # block size changes nothing
+
+
+def test_analyze_functions_reject_unknown_method() -> None:
+    w = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="method"):
+        uniqueness_curve(w, method="leaders")
+    with pytest.raises(ValueError, match="method"):
+        nearest_neighbor_distances(w, method="faiss")
+    with pytest.raises(ValueError, match="method"):
+        summarize_prototypes(w, method="fast")

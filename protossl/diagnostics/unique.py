@@ -9,9 +9,12 @@ their directions is below ``eps`` (default 0.025), and report the number M of
 connected components (single linkage: a chain a-b, b-c is one group even when a and
 c are far apart). M does not depend on the order of the prototypes.
 
-Everything here is exact (decisions agree with ``||mu_i - mu_j|| < eps`` computed
-directly in float64) and memory-bounded: distances are computed tile by tile
-(``block_size x block_size`` via one matmul each), never as a K x K matrix.
+Everything here is exact (decisions and nearest-neighbour distances agree with
+``||mu_i - mu_j||`` computed directly in float64) and memory-bounded: distances are
+computed tile by tile, never as a K x K matrix. Greedy eps-covers (built once, see
+``count_unique_prototypes``) make the uniqueness curve, nearest-neighbour distances and
+``summarize_prototypes`` (what ``protossl analyze`` prints) fast on collapsed heads;
+without collapse the work is one screened pass over pairs (docs/unique_count.md).
 
 Example:
     >>> import torch
@@ -23,7 +26,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -37,7 +42,12 @@ DEFAULT_EPS: float = 0.025
 """Linking distance between unit prototype directions (Govindarajan et al.)."""
 
 DEFAULT_EPS_GRID: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5)
-"""Roughly logarithmic grid of eps values for the uniqueness curve."""
+"""Roughly logarithmic grid of eps values for the uniqueness curve.
+
+Every value is exact. Large ones cost nothing where no prototype has a neighbour that
+close (random heads) or the covers are few (well-separated collapsed groups); see
+``uniqueness_curve`` for the cost on contracted heads.
+"""
 
 # The Gram-matrix form ||a - b||^2 = 2 - 2<a, b> differs from the direct ||a - b||^2 by
 # about p * 1e-16 in float64. Pairs whose squared distance lies within this band of a
@@ -55,6 +65,7 @@ _NORMALIZE_ROWS = 1 << 13
 # to this eps (beyond, 3 eps approaches the typical distance and nearly every pair of
 # leaders would need checking).
 _METHODS = ("auto", "leaders", "brute")
+_CURVE_METHODS = ("auto", "brute")
 _AUTO_MIN_K = 2048
 _AUTO_MAX_EPS = 0.3
 # Rows whose float64 squared norm is within this of 1 are screened as unit vectors;
@@ -164,30 +175,30 @@ def count_unique_prototypes(
         100
     """
     _check_eps(eps)
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {', '.join(_METHODS)} (got {method!r})")
+    _check_method(method, _METHODS)
     units = _unit_directions(weights, block_size)
-    k = units.shape[0]
-    auto_leaders = method == "auto" and k >= _AUTO_MIN_K and eps <= _AUTO_MAX_EPS
-    if method == "leaders" or auto_leaders:
-        try:
-            comp = _leader_components(units, eps, block_size, give_up=auto_leaders)
-            return _make_result(_canonical_labels(comp), eps)
-        except _TooDense:
-            pass  # auto only: the brute force is cheaper for this graph
-    scan = _scan(units, block_size, link_eps=eps)
-    return scan.unique_result()
+    return _make_result(_components(units, eps, block_size, method), eps)
 
 
 def uniqueness_curve(
-    weights: torch.Tensor, eps_values: Sequence[float] = DEFAULT_EPS_GRID, block_size: int = 2048
+    weights: torch.Tensor,
+    eps_values: Sequence[float] = DEFAULT_EPS_GRID,
+    block_size: int = 2048,
+    method: str = "auto",
 ) -> list[tuple[float, int]]:
     """M for each eps, ascending: the uniqueness curve (Govindarajan et al.).
 
-    One distance pass at the largest eps. Single linkage is Kruskal's algorithm
-    stopped at eps, so the edges are reduced to a minimum spanning forest as they
-    arrive (bounded memory); sweeping eps upwards over the forest's sorted edge
-    lengths, each edge shorter than eps merges two components: M(eps) = K - #{d < eps}.
+    ``"auto"`` (default): exact nearest-neighbour distances first
+    (:func:`nearest_neighbor_distances`); a prototype whose nearest neighbour is at
+    least eps away is a singleton at eps, so M(eps) = #{nn >= eps} + the components of
+    the rows with nn < eps, counted exactly by greedy leaders (the brute force where
+    their leader graph is dense, see ``count_unique_prototypes``). Random heads cost one
+    nearest-neighbour pass; collapsed heads one leader count per eps. The cost grows
+    with eps only through the rows closer than eps to another: at an eps beyond most
+    nearest-neighbour distances of a contracted head it can reach the brute force's
+    K'^2 p (K' those rows). ``"brute"``: one float64 pass over all pairs at the largest
+    eps; single linkage is Kruskal's algorithm stopped at eps, so M(eps) = K - #{minimum
+    spanning forest edges shorter than eps}. Both are exact and agree.
 
     Example:
         >>> w = torch.randn(50, 8)
@@ -195,23 +206,46 @@ def uniqueness_curve(
         [50, 50]
     """
     eps_sorted = _check_eps_values(eps_values)
-    scan = _scan(_unit_directions(weights, block_size), block_size, curve_eps=eps_sorted)
-    return scan.curve()
+    _check_method(method, _CURVE_METHODS)
+    units = _unit_directions(weights, block_size)
+    if method == "brute":
+        return _scan(units, block_size, curve_eps=eps_sorted).curve()
+    with _one_thread():  # covers: many small tiles (see _one_thread)
+        prepared = _prepare(units, DEFAULT_EPS, block_size, give_up=True)
+    nearest, known = _nearest_and_short_curve(units, block_size, prepared, eps_sorted)
+    longer = eps_sorted[eps_sorted > prepared.eps]
+    with _one_thread():
+        known.update(_long_curve(units, prepared, nearest, longer, block_size))
+    del prepared  # the screening copy and projections are no longer needed
+    return _curve_from_nearest(units, eps_sorted, nearest, block_size, known)
 
 
-def nearest_neighbor_distances(weights: torch.Tensor, block_size: int = 2048) -> torch.Tensor:
+def nearest_neighbor_distances(
+    weights: torch.Tensor, block_size: int = 2048, method: str = "auto"
+) -> torch.Tensor:
     """Distance from each normalized prototype to its nearest other one (float64, CPU, [K]).
 
     The quantity KoLeo-proto pushes up; its quantiles show contraction before
-    duplicates appear. The nearest neighbour is found tile by tile, then its
-    distance is re-measured directly (accurate to ~1e-7). K = 1 gives ``[inf]``.
+    duplicates appear. ``"auto"`` (default) is exact: the distance is the direct
+    float64 ``||mu_i - mu_j||`` minimized over candidates that a float32 screen with a
+    rounding margin cannot have missed. Rows with a duplicate-like neighbour (greedy
+    covers at eps = 0.025) are searched only among nearby covers; the others in one
+    screened pass over pairs (K^2 / 2 float32 dot products). ``"brute"``: float64
+    tiles over all pairs, the argmin re-measured directly (accurate to ~1e-7: a near
+    tie can pick the slightly farther neighbour). K = 1 gives ``[inf]``.
 
     Example:
         >>> nearest_neighbor_distances(torch.eye(2))
         tensor([1.4142, 1.4142], dtype=torch.float64)
     """
-    scan = _scan(_unit_directions(weights, block_size), block_size, nearest=True)
-    return scan.nearest_distances()
+    _check_method(method, _CURVE_METHODS)
+    units = _unit_directions(weights, block_size)
+    if method == "brute":
+        return _scan(units, block_size, nearest=True).nearest_distances()
+    with _one_thread():  # covers: many small tiles (see _one_thread)
+        prepared = _prepare(units, DEFAULT_EPS, block_size, give_up=True)
+    nearest, _ = _nearest_and_short_curve(units, block_size, prepared, np.zeros(0))
+    return torch.from_numpy(nearest)
 
 
 def distance_quantiles(
@@ -240,6 +274,8 @@ def summarize_prototypes(
     eps_grid: Sequence[float] = DEFAULT_EPS_GRID,
     top_groups: int = 10,
     block_size: int = 2048,
+    method: str = "auto",
+    timings: dict[str, float] | None = None,
 ) -> dict:
     """A JSON-ready collapse report for one prototype matrix (Govindarajan et al.).
 
@@ -247,6 +283,13 @@ def summarize_prototypes(
     ``largest_groups`` (the ``top_groups`` largest component sizes),
     ``nn_distance_quantiles`` (empty for K = 1) and ``norm_quantiles`` of the raw row
     norms (for vMF heads the norm is kappa * tau; for DINO's weight-normalized layer it is 1).
+
+    ``"auto"`` (default) builds greedy covers at eps once and shares them: M and the
+    groups from them (``count_unique_prototypes``), the exact nearest-neighbour
+    distances (``nearest_neighbor_distances``), then the curve from those distances
+    (``uniqueness_curve``). ``"brute"``: one float64 pass over all pairs serves all
+    three (K^2 p work). Both are exact. ``timings``, if given, receives the seconds
+    spent per part (``units``, ``M``, ``nearest``, ``curve``, ``norms``).
 
     Example:
         >>> s = summarize_prototypes(torch.randn(64, 16))
@@ -256,22 +299,61 @@ def summarize_prototypes(
     if top_groups < 0:
         raise ValueError(f"top_groups must be >= 0 (got {top_groups})")
     _check_eps(eps)
+    _check_method(method, _CURVE_METHODS)
+    eps_sorted = _check_eps_values(eps_grid)
+    clock = _Clock(timings)
     units = _unit_directions(weights, block_size)
-    # One pass serves all three measures: the distance tiles dominate the cost.
-    scan = _scan(units, block_size, eps, _check_eps_values(eps_grid), nearest=True)
-    result = scan.unique_result()
+    clock.lap("units")
+    if method == "brute":
+        # One pass serves all three measures: the distance tiles dominate the cost.
+        scan = _scan(units, block_size, eps, eps_sorted, nearest=True)
+        result = scan.unique_result()
+        curve = scan.curve()
+        nn = scan.nearest_distances()
+        clock.lap("M")
+    else:
+        with _one_thread():  # covers: many small tiles (see _one_thread)
+            prepared = _prepare(units, eps, block_size, give_up=True)
+            comp = _components(units, eps, block_size, "auto", prepared)
+        result = _make_result(comp, eps)
+        clock.lap("M")
+        nearest, known = _nearest_and_short_curve(units, block_size, prepared, eps_sorted)
+        nn = torch.from_numpy(nearest)
+        clock.lap("nearest")
+        known[float(eps)] = result.num_unique
+        longer = eps_sorted[eps_sorted > eps]
+        with _one_thread():
+            known.update(_long_curve(units, prepared, nearest, longer, block_size))
+        del prepared  # the screening copy and projections are no longer needed
+        curve = _curve_from_nearest(units, eps_sorted, nearest, block_size, known)
+        clock.lap("curve")
     norms = torch.linalg.vector_norm(weights.detach().to("cpu", torch.float64), dim=1)
-    nn = scan.nearest_distances()
-    return {
+    summary = {
         "K": result.num_prototypes,
         "M": result.num_unique,
         "M_over_K": result.fraction,
         "eps": float(eps),
-        "uniqueness_curve": [[e, m] for e, m in scan.curve()],
+        "uniqueness_curve": [[e, m] for e, m in curve],
         "largest_groups": result.group_sizes[:top_groups],
         "nn_distance_quantiles": distance_quantiles(nn) if nn.numel() > 1 else {},
         "norm_quantiles": distance_quantiles(norms),
     }
+    clock.lap("norms")
+    return summary
+
+
+class _Clock:
+    """Seconds per named part into an optional dict (summarize_prototypes' timings)."""
+
+    def __init__(self, out: dict[str, float] | None) -> None:
+        self.out = out
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.out is not None:
+            self.out[name] = self.out.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 # --- validation ------------------------------------------------------------------------
@@ -292,6 +374,11 @@ def _check_weights(weights: torch.Tensor) -> None:
 def _check_eps(eps: float) -> None:
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a finite number > 0 (got {eps})")
+
+
+def _check_method(method: str, allowed: tuple[str, ...]) -> None:
+    if method not in allowed:
+        raise ValueError(f"method must be one of {', '.join(allowed)} (got {method!r})")
 
 
 def _check_eps_values(eps_values: Sequence[float]) -> np.ndarray:
@@ -989,11 +1076,20 @@ class _CoverBuilder:
 
 
 def _link_covers(
-    units: torch.Tensor, rows: np.ndarray, covers: _Covers, eps: float, give_up: bool
+    units: torch.Tensor,
+    rows: np.ndarray,
+    covers: _Covers,
+    eps: float,
+    give_up: bool,
+    sets: _DisjointSet | None = None,
 ) -> _DisjointSet:
-    """Union-find over covers, merged wherever a member pair is exactly linked."""
+    """Union-find over covers, merged wherever a member pair is exactly linked.
+
+    The covers' radius may be below eps (each cover still lies in one component);
+    ``sets`` continues a union-find from a smaller eps (its merges stay valid).
+    """
     n_cov = covers.leader.size
-    sets = _DisjointSet(n_cov)
+    sets = _DisjointSet(n_cov) if sets is None else sets
     ca, cb = covers.pair_a, covers.pair_b
     if ca.size == 0:
         return sets
@@ -1125,24 +1221,65 @@ def _rows_vs_all_links(
     return np.concatenate(src), np.concatenate(dst)
 
 
+@dataclass
+class _Prepared:
+    """Regular (unit) rows, their greedy eps-covers and their float32 screening copy.
+
+    Built once and shared: the covers serve the count M at their eps and bound the
+    nearest-neighbour search (``_nearest``). ``covers`` is None when building them was
+    given up (too dense) or there are fewer than one regular row.
+    """
+
+    sq: torch.Tensor  # [K] squared norms of the unit rows (brute force's formula)
+    regular: torch.Tensor  # [K] bool: |sq - 1| <= _REGULAR_TOL
+    rows: np.ndarray  # [R] indices of the regular rows
+    eps: float
+    covers: _Covers | None
+    x: torch.Tensor | None  # [R, p] screening copy of the regular rows
+
+
+def _prepare(units: torch.Tensor, eps: float, block_size: int, give_up: bool) -> _Prepared:
+    """Split regular rows from zero / tiny ones and build their greedy covers at eps."""
+    sq = _squared_norms(units)
+    regular = (sq - 1.0).abs() <= _REGULAR_TOL
+    rows = _numpy(regular.nonzero().squeeze(1))
+    if rows.size == 0:
+        return _Prepared(sq, regular, rows, eps, None, None)
+    builder = _CoverBuilder(units, rows, eps, block_size, give_up)
+    try:
+        covers: _Covers | None = builder.build()
+    except _TooDense:
+        covers = None
+    return _Prepared(sq, regular, rows, eps, covers, builder.x)
+
+
 def _leader_components(
-    units: torch.Tensor, eps: float, block_size: int, give_up: bool = False
+    units: torch.Tensor,
+    eps: float,
+    block_size: int,
+    give_up: bool = False,
+    prepared: _Prepared | None = None,
 ) -> np.ndarray:
     """Component id of every prototype (exact, as the brute force), via greedy leaders.
 
     Rows that are not unit vectors (zero rows; rows too small for ``F.normalize`` to
     scale) are linked to every row by the brute force's tile rule; all zero rows are
     the same vector, so one of them stands for all. Raises ``_TooDense`` when
-    ``give_up`` and the leader graph is too dense to pay off.
+    ``give_up`` and the leader graph is too dense to pay off. ``prepared`` (covers at
+    this eps) is reused when given.
     """
     k = units.shape[0]
-    sq = _squared_norms(units)
-    regular = (sq - 1.0).abs() <= _REGULAR_TOL
-    rows = _numpy(regular.nonzero().squeeze(1))
+    if prepared is None:
+        prepared = _prepare(units, eps, block_size, give_up)
+    if prepared.eps != eps:
+        raise ValueError(f"covers were built at eps {prepared.eps}, not {eps}")
+    sq, regular, rows = prepared.sq, prepared.regular, prepared.rows
     src: list[np.ndarray] = []
     dst: list[np.ndarray] = []
     if rows.size:
-        covers = _CoverBuilder(units, rows, eps, block_size, give_up).build()
+        covers = prepared.covers
+        if covers is None:
+            raise _TooDense
         sets = _link_covers(units, rows, covers, eps, give_up)
         root_cover = sets.roots()[covers.cover_of]
         src.append(rows)
@@ -1163,6 +1300,517 @@ def _leader_components(
     graph = coo_matrix((np.ones(s.size, dtype=np.int32), (s, d)), shape=(k, k))
     _, comp = connected_components(graph, directed=False)
     return comp
+
+
+def _components(
+    units: torch.Tensor,
+    eps: float,
+    block_size: int,
+    method: str = "auto",
+    prepared: _Prepared | None = None,
+    max_auto_eps: float = _AUTO_MAX_EPS,
+) -> np.ndarray:
+    """Canonical component labels at eps by ``method`` ("auto": brute force if dense)."""
+    k = units.shape[0]
+    auto_leaders = method == "auto" and k >= _AUTO_MIN_K and eps <= max_auto_eps
+    if method == "leaders" or auto_leaders:
+        try:
+            comp = _leader_components(units, eps, block_size, auto_leaders, prepared)
+            return _canonical_labels(comp)
+        except _TooDense:
+            pass  # auto only: the brute force is cheaper for this graph
+    sets = _scan(units, block_size, link_eps=eps).link
+    assert sets is not None  # noqa: S101 (requested above)
+    return _canonical_labels(sets[1].roots())
+
+
+# --- exact nearest neighbours and the curve up to the covers' eps ----------------------
+#
+# The nearest-neighbour distance of row i is min_j ||mu_i - mu_j||, measured directly in
+# float64 like every link decision. Greedy covers at eps c (members closer than c to
+# their leader; built once, see the leaders section) split the rows in two:
+#
+# - Rows of a cover of two or more have a neighbour closer than c (their leader, or for
+#   a leader its closest member), so their nearest neighbour j* is closer than c and
+#   d(L_i, L_j*) <= r_i + d(i, j*) + r_j* < 3 c: j* lies in the row's own cover or in a
+#   cover whose leader the cover builder already listed within 3 c. The same holds for
+#   every edge shorter than c. Those neighbourhoods are measured as float64 Gram tiles
+#   (``_Neighbourhoods``): nearest candidates within ``_REFINE_BAND`` of the minimum
+#   are re-measured directly, and the edges shorter than the largest curve eps <= c
+#   (re-measured directly near each eps, as the brute force does) are reduced to a
+#   minimum spanning forest: M(eps) = K - #{forest edges < eps} for those eps.
+# - Rows alone in their cover ("lonely") are screened against all rows in float32: the
+#   margin m = _screen_margin bounds |d^2 - (2 - 2 g~)| for the screened dot products
+#   g~, so the true nearest j* has g~(j*) >= max_j g~(j) - m. Every entry within m (plus
+#   the threshold's rounding) of the row's running maximum is kept, tile by tile, and
+#   the few kept are re-measured directly. Lonely x lonely is one symmetric pass (each
+#   tile informs its rows and its columns: K^2 / 2), lonely x covered a rectangle.
+#
+# Above c, every cover lies in one component, so the curve links the same covers
+# (``_long_curve``); only covers holding a row closer than eps to another take part.
+
+
+class _NearestSearch:
+    """Screened nearest-neighbour candidates among regular rows (positions 0..R-1)."""
+
+    def __init__(
+        self,
+        units: torch.Tensor,
+        rows: np.ndarray,
+        x: torch.Tensor,
+        block_size: int,
+        slack: float | None = None,
+    ) -> None:
+        self.units, self.rows, self.x = units, rows, x
+        r, p = x.shape
+        # The margin, plus a few units of the threshold's own rounding (b - slack in x.dtype).
+        rounding = 2.0**-21 if x.dtype == torch.float32 else 2.0**-50
+        self.slack = (_screen_margin(p, x.dtype) if slack is None else slack) + rounding
+        self.best = torch.full((r,), -math.inf, dtype=x.dtype, device=x.device)
+        self.owner: list[torch.Tensor] = []
+        self.other: list[torch.Tensor] = []
+        self.value: list[torch.Tensor] = []
+        self.row_block = block_size
+        self.col_block = max(4 * block_size, 1024)
+        self._buf: torch.Tensor | None = None  # reused tile buffer, allocated on first use
+
+    def _mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self._buf is None:
+            r = self.x.shape[0]
+            size = min(r, self.row_block) * min(r, self.col_block)
+            self._buf = torch.empty(size, dtype=self.x.dtype, device=self.x.device)
+        view = self._buf[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0])
+        return torch.mm(a, b.T, out=view)
+
+    def symmetric(self, pos: torch.Tensor) -> None:
+        """Every pair within ``pos`` once; each tile updates its rows and its columns."""
+        n = pos.numel()
+        for r0 in range(0, n, self.row_block):
+            r1 = min(r0 + self.row_block, n)
+            rows = pos[r0:r1]
+            xr = self.x[rows]
+            for c0 in range(r0, n, self.col_block):
+                c1 = min(c0 + self.col_block, n)
+                cols = pos[c0:c1]
+                sim = self._mm(xr, self.x[cols])
+                if c0 == r0:
+                    sim.diagonal().fill_(-math.inf)  # a row is not its own neighbour
+                self.fold(sim, rows, cols)
+                self.fold(sim.T, cols, rows)
+
+    def rect(self, rows_pos: torch.Tensor, cols_pos: torch.Tensor, self_prefix: bool) -> None:
+        """Rows against columns (rows side only); ``self_prefix``: cols start with rows."""
+        for r0 in range(0, rows_pos.numel(), self.row_block):
+            rows = rows_pos[r0 : r0 + self.row_block]
+            xr = self.x[rows]
+            for c0 in range(0, cols_pos.numel(), self.col_block):
+                cols = cols_pos[c0 : c0 + self.col_block]
+                sim = self._mm(xr, self.x[cols])
+                if self_prefix:  # row r0 + a sits in column r0 + a
+                    sim.diagonal(offset=r0 - c0).fill_(-math.inf)
+                self.fold(sim, rows, cols)
+
+    def fold(self, sim: torch.Tensor, owners: torch.Tensor, others: torch.Tensor) -> None:
+        """Keep entries within the slack of each row's running maximum (see above)."""
+        top = sim.amax(dim=1)
+        new = torch.maximum(self.best[owners], top)
+        thr = new - self.slack
+        # -inf rows (only self pairs in this tile) have nothing to offer.
+        comp = ((top >= thr) & (top > -math.inf)).nonzero().squeeze(1)
+        if comp.numel():
+            whole = comp.numel() == sim.shape[0]
+            sub = sim if whole else sim[comp]
+            a, b = (sub >= (thr if whole else thr[comp])[:, None]).nonzero(as_tuple=True)
+            self.owner.append(owners[comp[a]])
+            self.other.append(others[b])
+            self.value.append(sub[a, b])
+        self.best[owners] = new
+
+    def finish(self) -> np.ndarray:
+        """Exact nearest distance of every position (inf where nothing was screened)."""
+        out = np.full(self.rows.size, math.inf)
+        if not self.owner:
+            return out
+        owner, other = torch.cat(self.owner), torch.cat(self.other)
+        keep = torch.cat(self.value) >= self.best[owner] - self.slack
+        own, oth = _numpy(owner[keep]), _numpy(other[keep])
+        np.minimum.at(out, own, _direct_distances(self.units, self.rows[own], self.rows[oth]))
+        return out
+
+
+def _gather_ranges(values: np.ndarray, start: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Concatenation of values[start[i]:start[i + 1]] for i in ids (vectorized)."""
+    lens = start[ids + 1] - start[ids]
+    total = int(lens.sum())
+    offsets = np.repeat(start[ids] - (np.cumsum(lens) - lens), lens)
+    return values[offsets + np.arange(total)]
+
+
+def _cover_batches(
+    covers: _Covers, rows: np.ndarray, take: np.ndarray, target_rows: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(batch rows, batch columns) as global indices, over the covers where ``take``.
+
+    A batch's rows are the members of consecutive taken covers (about ``target_rows``
+    of them); its columns are those rows first, then the members of their covers'
+    neighbours (leaders listed within 3 eps). Extra columns never change a minimum.
+    """
+    n_cov = covers.leader.size
+    size = np.bincount(covers.cover_of, minlength=n_cov)
+    members = np.argsort(covers.cover_of, kind="stable")
+    start = np.concatenate([[0], np.cumsum(size)])
+    a = np.concatenate([covers.pair_a, covers.pair_b])
+    b = np.concatenate([covers.pair_b, covers.pair_a])
+    order = np.argsort(a, kind="stable")
+    nbr = b[order]
+    nbr_start = np.searchsorted(a[order], np.arange(n_cov + 1))
+    chosen = np.flatnonzero(take)
+    cum = np.cumsum(size[chosen])
+    # A new batch whenever the running row count crosses a multiple of target_rows.
+    cut = np.flatnonzero(np.diff(cum // max(1, target_rows), prepend=0) > 0)
+    bounds = np.unique(np.concatenate([[0], cut + 1, [chosen.size]]))
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        ids = chosen[lo:hi]
+        batch = _gather_ranges(members, start, ids)
+        near = np.setdiff1d(_gather_ranges(nbr, nbr_start, ids), ids)
+        yield rows[batch], rows[np.concatenate([batch, _gather_ranges(members, start, near)])]
+
+
+class _Neighbourhoods:
+    """One float64 pass over cover neighbourhoods: nearest neighbours and short edges.
+
+    For the rows of multi-member covers (and lonely rows closer than the largest
+    threshold to another) the distances to their neighbourhood's columns are computed
+    as float64 Gram tiles, by the brute force's own formula: nearest-neighbour
+    candidates are kept within ``_REFINE_BAND`` of each row's minimum and re-measured
+    directly; the edges shorter than the largest threshold (re-measured directly near
+    every threshold, as the brute force does) feed a minimum spanning forest. Every
+    edge shorter than the covers' eps lies within a neighbourhood (section comment),
+    so the forest gives M(eps) = K - #{forest edges < eps} for those eps.
+    """
+
+    def __init__(
+        self, units: torch.Tensor, prepared: _Prepared, block_size: int, thresholds: np.ndarray
+    ) -> None:
+        assert prepared.covers is not None  # noqa: S101 (the caller checks)
+        self.units, self.prepared, self.thresholds = units, prepared, thresholds
+        self.covers = prepared.covers
+        k = units.shape[0]
+        cover_g = np.full(k, -1, dtype=np.int64)
+        cover_g[prepared.rows] = self.covers.cover_of
+        self.cover_g = torch.as_tensor(cover_g, device=units.device)
+        self.search = _NearestSearch(units, np.arange(k), units, block_size, _REFINE_BAND)
+        self.forest = _SpanningForest(k)
+        self.row_block = block_size
+        self.col_block = max(4 * block_size, 1024)
+
+    def run(self, nearest: np.ndarray) -> None:
+        covers = self.covers
+        size = np.bincount(covers.cover_of, minlength=covers.leader.size)
+        take = size >= 2
+        if self.thresholds.size:  # lonely rows with a neighbour closer than the limit
+            close = nearest[self.prepared.rows] < self.thresholds[-1]
+            take[covers.cover_of[close]] = True
+        target = max(256, self.row_block // 8)
+        with _one_thread():
+            for rows, cols in _cover_batches(covers, self.prepared.rows, take, target):
+                self._batch(rows, cols)
+
+    def _batch(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        device = self.units.device
+        rows_t = torch.as_tensor(rows, device=device)
+        cols_t = torch.as_tensor(cols, device=device)
+        edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for r0 in range(0, rows.size, self.row_block):
+            for c0 in range(0, cols.size, self.col_block):
+                part = self._tile(rows_t[r0 : r0 + self.row_block], cols_t, r0, c0)
+                if part is not None:
+                    edges.append(part)
+        if edges:
+            self._add_edges(*(np.concatenate(x) for x in zip(*edges, strict=True)))
+
+    def _tile(
+        self, rows: torch.Tensor, cols_all: torch.Tensor, r0: int, c0: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        cols = cols_all[c0 : c0 + self.col_block]
+        units, sq = self.units, self.prepared.sq
+        d2 = sq[rows][:, None] + sq[cols][None, :] - 2.0 * (units[rows] @ units[cols].T)
+        d2.clamp_min_(0.0)
+        d2.diagonal(offset=r0 - c0).fill_(math.inf)  # columns start with the batch rows
+        self.search.fold(d2.neg(), rows, cols)
+        if self.thresholds.size == 0:
+            return None
+        limit = float(self.thresholds[-1])
+        ii, jj = (d2 < limit * limit + _REFINE_BAND).nonzero(as_tuple=True)
+        gi, gj = rows[ii], cols[jj]
+        ci, cj = self.cover_g[gi], self.cover_g[gj]
+        # Each unordered pair once: from the row in the lower cover (or lower index).
+        once = (cj > ci) | ((cj == ci) & (gj > gi))
+        ii, jj, gi, gj = ii[once], jj[once], gi[once], gj[once]
+        dist2 = d2[ii, jj]
+        dist = dist2.sqrt()
+        near = torch.zeros_like(dist2, dtype=torch.bool)
+        for t in self.thresholds.tolist():
+            near |= (dist2 - t * t).abs() < _REFINE_BAND
+        idx = near.nonzero().squeeze(1)
+        if idx.numel():
+            dist[idx] = torch.linalg.vector_norm(units[gi[idx]] - units[gj[idx]], dim=1)
+        keep = dist < limit
+        return _numpy(gi[keep]), _numpy(gj[keep]), dist[keep].cpu().numpy()
+
+    def _add_edges(self, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
+        lo, hi = np.minimum(i, j), np.maximum(i, j)
+        nodes, inverse = np.unique(np.concatenate([lo, hi]), return_inverse=True)
+        if d.size > 2 * nodes.size:  # reduce the batch to its own forest (cycle property)
+            m = d.size
+            li, lj, d = _minimum_spanning_forest(nodes.size, inverse[:m], inverse[m:], d)
+            lo, hi = nodes[li], nodes[lj]
+        self.forest.add(lo, hi, d)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run many small tensor ops on one intra-op thread, then restore the setting.
+
+    Small tiles gain nothing from OpenMP, and on a busy machine every barrier can
+    stall: measured on the shared 2-core box under load 5, the neighbourhood pass of
+    the 65,536 collapsed benchmark took 47 s with 2 threads and 1.3 s with one.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _odd_edges(
+    units: torch.Tensor, prepared: _Prepared, limit: float, forest: _SpanningForest
+) -> None:
+    """Edges shorter than ``limit`` at zero and tiny rows, by direct distances."""
+    odd = (~prepared.regular).nonzero().squeeze(1)
+    if odd.numel() == 0:
+        return
+    zero = _numpy(odd[prepared.sq[odd] == 0])
+    tiny = _numpy(odd[prepared.sq[odd] != 0])
+    k = units.shape[0]
+    skip = np.zeros(k, dtype=bool)
+    skip[zero[1:]] = True  # zero rows are one vector: the first stands for the others
+    src: list[np.ndarray] = []
+    dst: list[np.ndarray] = []
+    dist: list[np.ndarray] = []
+    if zero.size:
+        src.append(np.full(zero.size - 1, zero[0]))
+        dst.append(zero[1:])
+        dist.append(np.zeros(zero.size - 1))
+        norms = _row_norms(units)
+        j = np.flatnonzero((norms < limit) & ~skip)
+        j = j[j != zero[0]]
+        src.append(np.full(j.size, zero[0]))
+        dst.append(j)
+        dist.append(norms[j])
+    for t in tiny.tolist():
+        d = _distances_to_all(units, t)
+        d[t] = math.inf
+        j = np.flatnonzero((d < limit) & ~skip)
+        src.append(np.full(j.size, t))
+        dst.append(j)
+        dist.append(d[j])
+    i, j, d = np.concatenate(src), np.concatenate(dst), np.concatenate(dist)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    _, first = np.unique(lo * k + hi, return_index=True)  # a pair seen from both ends
+    forest.add(lo[first], hi[first], d[first])
+
+
+def _row_norms(units: torch.Tensor) -> np.ndarray:
+    """||mu_j|| = ||0 - mu_j||: the direct distance of every row to a zero row."""
+    parts = [torch.linalg.vector_norm(c, dim=1) for c in units.split(_NORMALIZE_ROWS)]
+    return torch.cat(parts).cpu().numpy()
+
+
+def _distances_to_all(units: torch.Tensor, t: int) -> np.ndarray:
+    """Direct distances from row t to every row (float64 numpy [K])."""
+    row = units[t]
+    parts = [torch.linalg.vector_norm(c - row, dim=1) for c in units.split(_NORMALIZE_ROWS)]
+    return torch.cat(parts).cpu().numpy()
+
+
+def _nearest_and_short_curve(
+    units: torch.Tensor, block_size: int, prepared: _Prepared, eps_sorted: np.ndarray
+) -> tuple[np.ndarray, dict[float, int]]:
+    """Exact nearest-neighbour distances, and M(eps) for the eps up to the covers' eps.
+
+    Lonely rows (one-member covers; all regular rows if the covers were given up) are
+    screened in float32 against all rows; the rows of multi-member covers in float64
+    against their neighbourhoods, a pass that also collects every edge shorter than
+    the covers' eps. Larger eps are left to ``_curve_from_nearest``.
+    """
+    k = units.shape[0]
+    best = np.full(k, math.inf)
+    covers = prepared.covers
+    short = eps_sorted[eps_sorted <= prepared.eps] if covers is not None else eps_sorted[:0]
+    forest = _SpanningForest(k)
+    rows, x = prepared.rows, prepared.x
+    if rows.size >= 2 and x is not None:
+        search = _NearestSearch(units, rows, x, block_size)
+        if covers is not None:
+            size = np.bincount(covers.cover_of, minlength=covers.leader.size)
+            lonely = np.flatnonzero(size[covers.cover_of] == 1)
+        else:
+            lonely = np.arange(rows.size)
+        covered = np.setdiff1d(np.arange(rows.size), lonely)
+        if lonely.size:
+            lonely_t = torch.as_tensor(lonely, device=x.device)
+            search.symmetric(lonely_t)
+            if covered.size:
+                search.rect(lonely_t, torch.as_tensor(covered, device=x.device), False)
+        best[rows] = search.finish()
+        if covers is not None:
+            hoods = _Neighbourhoods(units, prepared, block_size, short)
+            hoods.run(best)
+            np.minimum(best, hoods.search.finish(), out=best)
+            forest = hoods.forest
+    _nearest_odd_rows(units, prepared, best)
+    counts: dict[float, int] = {}
+    if short.size:
+        _odd_edges(units, prepared, float(short[-1]), forest)
+        merges = np.searchsorted(forest.sorted_lengths(), short, side="left")
+        counts = {float(e): int(k - n) for e, n in zip(short, merges, strict=True)}
+    return best, counts
+
+
+def _nearest_odd_rows(units: torch.Tensor, prepared: _Prepared, best: np.ndarray) -> None:
+    """Fold zero and tiny rows (not unit vectors) into ``best``, by direct distances.
+
+    Zero rows are all the same vector: 0 apart, and ||0 - mu_j|| = ||mu_j|| from every
+    other row. Tiny rows (norm < 1e-12, left short by ``F.normalize``) are rare: each is
+    measured directly against every row.
+    """
+    odd = (~prepared.regular).nonzero().squeeze(1)
+    if odd.numel() == 0:
+        return
+    zero = _numpy(odd[prepared.sq[odd] == 0])
+    tiny = odd[prepared.sq[odd] != 0]
+    k = units.shape[0]
+    if zero.size:
+        nonzero = np.setdiff1d(np.arange(k), zero)
+        norms = _row_norms(units)
+        best[nonzero] = np.minimum(best[nonzero], norms[nonzero])
+        if zero.size >= 2:
+            best[zero] = 0.0
+        elif nonzero.size:
+            best[zero] = norms[nonzero].min()
+    for t in _numpy(tiny).tolist():
+        d = _distances_to_all(units, t)
+        d[t] = math.inf
+        best[t] = min(best[t], float(d.min()))
+        np.minimum(best, d, out=best)
+
+
+# --- uniqueness curve from nearest neighbours -------------------------------------------
+
+
+def _long_curve(
+    units: torch.Tensor,
+    prepared: _Prepared,
+    nearest: np.ndarray,
+    eps_long: np.ndarray,
+    block_size: int,
+) -> dict[float, int]:
+    """M(eps) for eps above the covers' eps, by linking the same covers.
+
+    Every member is closer than the covers' eps <= eps to its leader, so each cover
+    lies in one component; covers A, B can be linked only if d(L_A, L_B) < eps + r_A +
+    r_B, and only covers holding a row with a neighbour closer than eps take part.
+    Their leaders are screened (float32, with the margin), then ``_link_covers``
+    decides exactly, continuing one union-find over ascending eps. Stops (leaving the
+    rest to ``_curve_from_nearest``) where the leader graph is too dense, and leaves
+    heads with zero or tiny rows to it altogether.
+    """
+    covers, rows, x = prepared.covers, prepared.rows, prepared.x
+    if covers is None or x is None or not bool(prepared.regular.all()):
+        return {}
+    n_cov = covers.leader.size
+    sets = _DisjointSet(n_cov)
+    rmax = np.zeros(n_cov, dtype=np.float64)
+    np.maximum.at(rmax, covers.cover_of, covers.radius)
+    cover_nn = np.full(n_cov, math.inf)
+    np.minimum.at(cover_nn, covers.cover_of, nearest[rows])
+    margin = _screen_margin(x.shape[1], x.dtype)
+    out: dict[float, int] = {}
+    for eps in eps_long.tolist():
+        q = np.flatnonzero(cover_nn < eps)
+        reach = (eps + 2.0 * float(rmax[q].max(initial=0.0))) * (1.0 + 1e-6) + 1e-9
+        limit = max(_DENSE_LEADER_PAIRS, 4 * rows.size)
+        try:
+            pa, pb = _close_pairs(x, covers.leader[q], reach, margin, block_size, limit)
+        except _TooDense:
+            break
+        pa, pb = q[pa], q[pb]
+        alive = sets.find(pa) != sets.find(pb)
+        batch = _Covers(covers.leader, covers.cover_of, covers.radius, pa[alive], pb[alive])
+        try:
+            _link_covers(units, rows, batch, eps, give_up=True, sets=sets)
+        except _TooDense:
+            break
+        out[float(eps)] = int(np.unique(sets.roots()).size)
+    return out
+
+
+def _close_pairs(
+    x: torch.Tensor, pos: np.ndarray, reach: float, margin: float, block_size: int, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs a < b of indices into ``pos`` whose screened distance may be below reach.
+
+    Raises ``_TooDense`` as soon as more than ``limit`` pairs are found.
+    """
+    if pos.size < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    xl = x[torch.as_tensor(pos, device=x.device)]
+    thr = 1.0 - (reach * reach + margin) / 2.0
+    src: list[np.ndarray] = []
+    dst: list[np.ndarray] = []
+    found = 0
+    for r0 in range(0, pos.size, block_size):
+        sim = xl[r0 : r0 + block_size] @ xl[r0:].T
+        a, b = torch.triu(sim > thr, diagonal=1).nonzero(as_tuple=True)
+        src.append(_numpy(a) + r0)
+        dst.append(_numpy(b) + r0)
+        found += a.numel()
+        if found > limit:
+            raise _TooDense
+    return np.concatenate(src), np.concatenate(dst)
+
+
+def _curve_from_nearest(
+    units: torch.Tensor,
+    eps_sorted: np.ndarray,
+    nearest: np.ndarray,
+    block_size: int,
+    known: dict[float, int],
+) -> list[tuple[float, int]]:
+    """M(eps) for each eps: rows whose nearest neighbour is >= eps are singletons.
+
+    Only the rows with a neighbour closer than eps can share a component; their
+    components are counted exactly by ``_components`` on that subset (greedy leaders,
+    the brute force where the leader graph is dense). ``known`` holds counts already
+    computed (the summary's own eps).
+    """
+    k = units.shape[0]
+    out: list[tuple[float, int]] = []
+    for eps in eps_sorted.tolist():
+        inside = np.flatnonzero(nearest < eps)
+        if eps in known:
+            m = known[eps]
+        elif inside.size == 0:
+            m = k
+        else:
+            sub = units if inside.size == k else units[torch.as_tensor(inside, device=units.device)]
+            # Leaders at any eps: on these rows the give-up rule, not an eps cap, decides.
+            comp = _components(sub, eps, block_size, max_auto_eps=math.inf)
+            m = (k - inside.size) + int(comp.max()) + 1
+        out.append((float(eps), int(m)))
+    return out
 
 
 # --- results ---------------------------------------------------------------------------
