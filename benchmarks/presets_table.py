@@ -135,7 +135,8 @@ def write_table(rows: list[dict[str, Any]], epochs: int, path: Path, started: st
         "the protocol is the script's docstring. Overrides shared by every run: "
         + ", ".join(f"`{o}`" for o in OVERRIDES)
         + ". M counts unique prototypes at eps 0.025; *used*: prototypes that are some test "
-        "image's teacher argmax (monitor images: the test split, at most 512); kNN: weighted kNN top-1 (k 20, T 0.07) "
+        "image's teacher argmax (monitor images: the test split, at most 512); "
+        "kNN: weighted kNN top-1 (k 20, T 0.07) "
         "on the teacher backbone, digits test split (359 images). Minutes are training wall "
         "time with two runs sharing the 2-core machine (other jobs may have run too).",
         "",
