@@ -246,6 +246,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if all(row["status"] == "done" for row in rows) else 1
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from protossl.reports.report import ReportOptions, write_report
+
+    options = ReportOptions(
+        samples=args.samples,
+        max_prototypes=args.max_prototypes,
+        device=args.device,
+        cache=not args.no_cache,
+    )
+    index = write_report(
+        Path(args.run),
+        Path(args.out) if args.out else None,
+        options=options,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"report written to {index}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -343,6 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time")
     sweep.add_argument("--json", action="store_true", help="print the results as JSON")
     sweep.set_defaults(func=_cmd_sweep)
+
+    report = sub.add_parser("report", help="figures and one static index.html for a run or sweep")
+    report.add_argument("run", help="run directory or sweep directory")
+    report.add_argument("--out", help="output folder (default: RUN_OR_SWEEP_DIR/report)")
+    report.add_argument(
+        "--samples", type=_positive_int, default=1000, help="test images per run (default 1000)"
+    )
+    report.add_argument(
+        "--max-prototypes",
+        type=_positive_int,
+        default=2000,
+        help="prototypes per t-SNE map, a seeded subset beyond it (default 2000)",
+    )
+    report.add_argument("--device", default="cpu", help="cpu or cuda for the forward passes")
+    report.add_argument("--no-cache", action="store_true", help="neither read nor write RUN/cache")
+    report.set_defaults(func=_cmd_report)
 
     presets = sub.add_parser("presets", help="list the bundled recipes")
     presets.add_argument("--show", metavar="NAME", help="print a preset's fully resolved config")

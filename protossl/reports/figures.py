@@ -1,0 +1,317 @@
+"""The report's figures, one PNG each (matplotlib, Agg backend: files only, never a window).
+
+They show the seed paper's claims (Govindarajan et al., "On Partial Prototype
+Collapse in Clustering-Based Self-Supervised Learning") for one's own runs:
+unique prototypes M against K with the line M = K, M over eps, t-SNE maps of the
+prototypes with duplicate groups coloured, and the second face of collapse,
+prototype usage (how the marginal latent class distribution is met), with
+example images of the largest clusters.
+
+Example:
+    >>> point = MKPoint("dino", family="dino", regularized=False, K=256, M=200)
+    >>> plot_m_vs_k([point], Path("m_vs_k.png"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "Curve",
+    "MKPoint",
+    "ProtoMap",
+    "plot_clusters",
+    "plot_embedding_map",
+    "plot_m_vs_k",
+    "plot_prototype_maps",
+    "plot_training",
+    "plot_uniqueness",
+    "plot_usage",
+]
+
+TRAINING_PANELS = (
+    ("loss", "loss"),
+    ("M", "unique prototypes M"),
+    ("usage_entropy", "usage entropy (nats)"),
+)
+# Distinct colours for the largest duplicate groups / clusters / classes; the rest are grey.
+_TOP = 10
+# tab10 without its grey (C7), which would read as "no group"; navy as the tenth.
+_PALETTE = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "#000080")
+_GREY = "#b0b0b0"
+_DARK_GREY = "#606060"
+
+
+@dataclass(frozen=True)
+class MKPoint:
+    """One run in the M-against-K plot."""
+
+    label: str
+    family: str
+    regularized: bool
+    K: int
+    M: int
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's line in a plot over steps or eps."""
+
+    name: str
+    group: str  # runs of one group share a colour (twins: solid baseline, dashed regularized)
+    regularized: bool
+    x: Sequence[float]
+    y: Sequence[float]
+
+
+@dataclass(frozen=True, eq=False)
+class ProtoMap:
+    """A t-SNE map of (a subset of) one run's prototype directions.
+
+    Attributes:
+        title: panel title (run, K, M, eps).
+        coords: [n, 2] map of the shown prototypes.
+        groups: [n] duplicate-group id of each shown prototype.
+        group_sizes: size of every group in the *full* head, indexed by group id.
+    """
+
+    title: str
+    coords: np.ndarray
+    groups: np.ndarray
+    group_sizes: np.ndarray
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # No "Software" text chunk: the page then carries no address at all.
+    fig.savefig(out, dpi=100, metadata={"Software": None})
+    _pyplot().close(fig)
+    return out
+
+
+def _family_styles(families: Sequence[str]) -> dict[str, str]:
+    palette = [f"C{i}" for i in range(10)]
+    ordered = list(dict.fromkeys(families))
+    return {f: palette[i % len(palette)] for i, f in enumerate(ordered)}
+
+
+def _log_axes(ax: Any) -> None:
+    """Log scales with plain numbers at 1, 2, 5 x 10^n (not 4 x 10^1)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_locator(NullLocator())
+        axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+
+
+def plot_m_vs_k(points: Sequence[MKPoint], out: Path, eps: float | None = None) -> Path:
+    """M against K, log axes, one line per label (baseline solid, regularized dashed).
+
+    Every run is a marker; the line joins the mean M at each K (seeds averaged).
+    The dotted diagonal is M = K (no collapse).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    colours = _family_styles([p.family for p in points])
+    # Baseline before its regularized twin, in order of first appearance of each family.
+    families = list(dict.fromkeys(p.family for p in points))
+    ordered = sorted(points, key=lambda p: (families.index(p.family), p.regularized))
+    labels = list(dict.fromkeys(p.label for p in ordered))
+    for label in labels:
+        mine = [p for p in points if p.label == label]
+        first = mine[0]
+        ks = sorted({p.K for p in mine})
+        means = [float(np.mean([p.M for p in mine if size == p.K])) for size in ks]
+        style = "--" if first.regularized else "-"
+        marker = "s" if first.regularized else "o"
+        colour = colours[first.family]
+        ax.plot(ks, means, style, color=colour, label=label)
+        ax.scatter([p.K for p in mine], [p.M for p in mine], color=colour, marker=marker, s=28)
+    all_k = [p.K for p in points]
+    low, high = min(all_k) / 1.5, max(all_k) * 1.5
+    ax.plot([low, high], [low, high], ":", color=_DARK_GREY, label="M = K")
+    _log_axes(ax)
+    ax.set_xlabel("K (prototypes)")
+    ax.set_ylabel("M (unique prototypes)")
+    ax.set_title("unique prototypes" + (f" (eps {eps:g})" if eps is not None else ""))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _plot_curves(ax: Any, curves: Sequence[Curve], colours: dict[str, str]) -> None:
+    for curve in curves:
+        ax.plot(
+            curve.x,
+            curve.y,
+            "--" if curve.regularized else "-",
+            marker=".",
+            color=colours[curve.group],
+            label=curve.name,
+        )
+
+
+def plot_training(panels: Mapping[str, Sequence[Curve]], out: Path) -> Path:
+    """One panel per quantity of :data:`TRAINING_PANELS` (over steps), one line per run."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4.3 * len(TRAINING_PANELS), 3.6))
+    colours = _family_styles([c.group for curves in panels.values() for c in curves])
+    for ax, (key, title) in zip(axes, TRAINING_PANELS, strict=True):
+        _plot_curves(ax, panels.get(key, ()), colours)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_uniqueness(curves: Sequence[Curve], out: Path, eps: float | None = None) -> Path:
+    """M against eps (log x), one line per run; the vertical line marks the eps of M."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    _plot_curves(ax, curves, _family_styles([c.group for c in curves]))
+    if eps is not None:
+        ax.axvline(eps, color=_DARK_GREY, linestyle=":", label=f"eps {eps:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("eps (linking distance between unit prototypes)")
+    ax.set_ylabel("M (unique prototypes)")
+    ax.set_title("uniqueness curve")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _rank_colours(ids: np.ndarray, sizes: np.ndarray, min_size: int) -> list[Any]:
+    """Tab10 colours for the ``_TOP`` largest ids with size >= min_size, grey otherwise."""
+    big = [int(i) for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_size][:_TOP]
+    palette = {gid: _PALETTE[rank] for rank, gid in enumerate(big)}
+    return [palette.get(int(g), _GREY) for g in ids]
+
+
+def plot_prototype_maps(maps: Sequence[ProtoMap], out: Path) -> Path:
+    """Prototype t-SNE maps side by side (baseline, then regularized).
+
+    The ten largest duplicate groups (size >= 2) get their own colours, smaller
+    duplicate groups dark grey, unique prototypes light grey.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps), 4.4), squeeze=False)
+    for ax, pmap in zip(axes[0], maps, strict=True):
+        colours = _rank_colours(pmap.groups, pmap.group_sizes, min_size=2)
+        duplicated = pmap.group_sizes[pmap.groups] >= 2
+        colours = [
+            c if c != _GREY or not dup else _DARK_GREY
+            for c, dup in zip(colours, duplicated, strict=True)
+        ]
+        sizes = np.where(duplicated, 18, 8)
+        ax.scatter(pmap.coords[:, 0], pmap.coords[:, 1], c=colours, s=sizes, linewidths=0)
+        ax.set_title(pmap.title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_embedding_map(
+    coords: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    assignments: np.ndarray,
+    num_prototypes: int,
+    out: Path,
+    title: str,
+) -> Path:
+    """Test embeddings' t-SNE map twice: coloured by label, and by assigned prototype
+    (the ten most used prototypes in colour, the rest grey)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.6))
+    many = len(classes) > 20
+    cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
+    for c, name in enumerate(classes):
+        mask = labels == c
+        if mask.any():
+            colour = cmap(c % cmap.N)
+            left.scatter(coords[mask, 0], coords[mask, 1], s=8, color=colour, label=name)
+    if not many and len(classes) > 0:
+        left.legend(fontsize=7, markerscale=2, loc="best")
+    left.set_title("coloured by label", fontsize=9)
+    counts = np.bincount(assignments, minlength=num_prototypes)
+    right.scatter(
+        coords[:, 0],
+        coords[:, 1],
+        s=8,
+        c=_rank_colours(assignments, counts, min_size=1),
+        linewidths=0,
+    )
+    right.set_title(
+        f"coloured by assigned prototype ({int((counts > 0).sum())} of {num_prototypes} used)",
+        fontsize=9,
+    )
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_usage(counts: np.ndarray, out: Path, title: str) -> Path:
+    """Test images per prototype, sorted (the MLCD as met), against the uniform n / K."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ordered = np.sort(np.asarray(counts))[::-1]
+    ranks = np.arange(1, ordered.size + 1)
+    ax.bar(ranks, ordered, width=1.0, color="C0", linewidth=0)
+    ax.axhline(ordered.sum() / ordered.size, color=_DARK_GREY, linestyle=":", label="uniform")
+    ax.set_xlim(0.5, ordered.size + 0.5)
+    ax.set_xlabel("prototype (by usage rank)")
+    ax.set_ylabel("test images assigned")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_clusters(rows: Sequence[tuple[str, Sequence[Image.Image]]], out: Path) -> Path:
+    """A grid: one row per cluster (its title, then its example images)."""
+    plt = _pyplot()
+    cols = max((len(images) for _, images in rows), default=1)
+    fig, axes = plt.subplots(
+        len(rows), cols, figsize=(1.1 * cols + 0.4, 1.25 * len(rows) + 0.3), squeeze=False
+    )
+    for r, (title, images) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(np.asarray(images[c].convert("RGB")), interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    return _save(fig, out)
