@@ -10,12 +10,14 @@ from protossl.methods.base import (
 )
 from protossl.methods.dino import DINO
 from protossl.methods.ibot import IBOT
+from protossl.methods.msn import MSN
 from protossl.methods.swav import SwAV
 
 __all__ = [
     "DINO",
     "IBOT",
     "METHODS",
+    "MSN",
     "Method",
     "StepContext",
     "StepOutput",

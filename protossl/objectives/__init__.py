@@ -30,6 +30,8 @@ from protossl.objectives import embedding as _embedding  # noqa: E402,F401  isor
 from protossl.objectives import pairwise as _pairwise  # noqa: E402,F401  isort: skip
 from protossl.objectives import sinkhorn as _sinkhorn  # noqa: E402,F401  isort: skip
 from protossl.objectives import probability_centering as _prob  # noqa: E402,F401  isort: skip
+from protossl.objectives import mlcd as _mlcd  # noqa: E402,F401  isort: skip
+from protossl.objectives import msn as _msn  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "EMBEDDING_REGULARIZERS",
