@@ -39,6 +39,9 @@ class DataConfig:
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
     batch_size: int = 128
     num_workers: int = 0
+    # "standard": PIL per image in the data loader; "batched": whole batches as tensors on
+    # the training device (protossl.data.batched_augment), same distribution of crops.
+    augmentation: str = "standard"
 
 
 @dataclass
@@ -438,6 +441,10 @@ def validate(cfg: Config) -> None:
     _require(d.num_local_crops >= 0, f"data.num_local_crops must be >= 0 (got {d.num_local_crops})")
     _require(d.batch_size >= 2, f"data.batch_size must be >= 2 (got {d.batch_size})")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0 (got {d.num_workers})")
+    _require(
+        d.augmentation in ("standard", "batched"),
+        f"data.augmentation must be 'standard' or 'batched' (got {d.augmentation!r})",
+    )
     for name in ("global_scale", "local_scale"):
         scale = getattr(d, name)
         _require(

@@ -75,6 +75,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 CASES = [
     ("dino", []),
     ("dino-kp", []),
+    pytest.param("dino", ["data.augmentation=batched"], id="dino-batched-augmentation"),
     pytest.param(
         "dino",
         ["objective.target=sinkhorn"],

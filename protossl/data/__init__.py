@@ -1,4 +1,5 @@
-"""Data: sources (data specs, splits, long-tail subsampling) and DINO multi-crop augmentation.
+"""Data: sources (data specs, splits, long-tail subsampling) and DINO multi-crop augmentation
+(per image with PIL, or batched on tensors: ``build_train_augmentation``).
 
 Example:
     >>> from protossl.data import EvalTransform, MultiCropTransform, load_dataset
@@ -9,11 +10,18 @@ Example:
     >>> eval_view = train.with_transform(EvalTransform(16))
 """
 
+from protossl.data.batched_augment import (
+    AUGMENTATIONS,
+    BatchedAugmentation,
+    BatchedMultiCrop,
+    build_train_augmentation,
+)
 from protossl.data.multicrop import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTransform,
     MultiCropTransform,
+    StandardAugmentation,
     blur_parameters,
     default_local_size,
 )
@@ -32,16 +40,21 @@ from protossl.data.sources import (
 )
 
 __all__ = [
+    "AUGMENTATIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "KNOWN_SPECS",
+    "BatchedAugmentation",
+    "BatchedMultiCrop",
     "CorruptImageWarning",
     "DataSpec",
     "EvalTransform",
     "ImageDataset",
     "MultiCropTransform",
+    "StandardAugmentation",
     "blur_parameters",
+    "build_train_augmentation",
     "default_local_size",
     "find_unreadable_images",
     "load_dataset",

@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 import protossl
 from protossl.config import Config, config_from_dict, save_config
-from protossl.data import EvalTransform, MultiCropTransform, load_dataset
-from protossl.data.sampling import SeededAugmentation, ShardedEpochSampler, epoch_seed
+from protossl.data import EvalTransform, build_train_augmentation, load_dataset
+from protossl.data.sampling import ShardedEpochSampler, epoch_seed
 from protossl.diagnostics import summarize_prototypes
 from protossl.engine import distributed
 from protossl.engine.checkpoint import (
@@ -194,17 +194,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.method: Method = build_method(cfg)
         self.runtime.prepare(self.method)
-        self.train_set = load_dataset(
-            cfg.data.spec,
-            "train",
-            transform=MultiCropTransform(
-                cfg.data.image_size,
-                num_local_crops=cfg.data.num_local_crops,
-                local_size=cfg.data.local_size,
-                global_scale=(cfg.data.global_scale[0], cfg.data.global_scale[1]),
-                local_scale=(cfg.data.local_scale[0], cfg.data.local_scale[1]),
-            ),
-        )
+        # data.augmentation: PIL per image in the loader, or whole batches on the device.
+        self.augmentation = build_train_augmentation(cfg.data, self.runtime.device)
+        self.train_set = load_dataset(cfg.data.spec, "train", transform=self.augmentation.transform)
         self.steps_per_epoch = len(self.train_set) // cfg.data.batch_size
         if self.steps_per_epoch == 0:
             raise UserError(
@@ -279,13 +271,14 @@ class Trainer:
             world_size=distributed.world_size(),
         )
         return DataLoader(
-            SeededAugmentation(self.train_set),
+            self.augmentation.dataset(self.train_set),
             batch_size=sampler.local_batch,
             sampler=sampler,
             drop_last=True,
             num_workers=self.cfg.data.num_workers,
             pin_memory=self.runtime.pin_memory,
             persistent_workers=False,
+            collate_fn=self.augmentation.collate,
         )
 
     def _set_hyperparameters(self, step: int) -> None:
@@ -364,11 +357,11 @@ class Trainer:
             torch.manual_seed(epoch_seed(self.cfg.seed, epoch))
             sums: dict[str, float] = {}
             count = 0
-            for i, (crops, _labels) in enumerate(self._loader(epoch)):
+            for i, batch in enumerate(self._loader(epoch)):
                 if epoch * self.steps_per_epoch + i >= self.total_steps:
                     break
                 step = epoch * self.steps_per_epoch + i
-                terms = self._train_step(crops, step, epoch)
+                terms = self._train_step(self.augmentation.crops(batch), step, epoch)
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
