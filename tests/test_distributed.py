@@ -97,9 +97,9 @@ def test_two_processes_equal_one(tmp_path: Path, preset: str, extra: list[str]) 
 
 
 def test_resume_with_another_process_count(tmp_path: Path) -> None:
-    # 2 epochs of 11 steps (global batch 128): straight on one process, or the
-    # first epoch on two processes and the second resumed on one.
-    extra = ["data.batch_size=128", "optim.epochs=2"]
+    # 2 epochs of 5 steps (digits@lt=100: 354 images, global batch 64): straight on
+    # one process, or the first epoch on two processes and the second resumed on one.
+    extra = ["data.spec=digits@lt=100", "data.batch_size=64", "optim.epochs=2"]
     train(tmp_path / "one", "dino-kp", extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "protossl", "train", "--preset", "dino-kp", "--out", str(tmp_path / "mixed")]
