@@ -260,8 +260,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         Path(args.out) if args.out else None,
         options=options,
         progress=sys.stderr.isatty(),
+        results_md=Path(args.results_md) if args.results_md else None,
     )
     print(f"report written to {index}", file=sys.stderr)
+    if args.results_md:
+        print(f"results table written to {args.results_md}", file=sys.stderr)
     return 0
 
 
@@ -355,8 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.set_defaults(func=_cmd_eval)
 
-    sweep = sub.add_parser("sweep", help="run a grid of trainings, collect results.csv")
-    sweep.add_argument("sweep", help="sweep YAML file (preset, set, grid)")
+    sweep = sub.add_parser(
+        "sweep", help="run a grid of trainings and evaluations, collect results.csv"
+    )
+    sweep.add_argument("sweep", help="sweep YAML file (preset, set, grid, eval)")
     sweep.add_argument("--out", required=True, help="sweep directory (one folder per run)")
     sweep.add_argument("--jobs", type=_positive_int, default=1, help="runs at a time")
     sweep.add_argument("--gpus", help="comma-separated GPU ids: one run per GPU at a time")
@@ -377,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--device", default="cpu", help="cpu or cuda for the forward passes")
     report.add_argument("--no-cache", action="store_true", help="neither read nor write RUN/cache")
+    report.add_argument(
+        "--results-md",
+        metavar="FILE",
+        help="also write a sweep's headline table (mean ± std over seeds) as Markdown",
+    )
     report.set_defaults(func=_cmd_report)
 
     presets = sub.add_parser("presets", help="list the bundled recipes")

@@ -5,7 +5,9 @@
   ``index.html`` for a run or a sweep, built from :mod:`~protossl.reports.runs`
   (finding runs), :mod:`~protossl.reports.probe` (checkpoint, features, assignments),
   :mod:`~protossl.reports.embedding` (t-SNE), :mod:`~protossl.reports.figures` and
-  :mod:`~protossl.reports.html`.
+  :mod:`~protossl.reports.html`;
+* :mod:`~protossl.reports.results_table` -- the headline table of a sweep (Markdown and
+  report sections).
 
 Example:
     >>> from protossl.reports import write_report

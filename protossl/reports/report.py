@@ -255,6 +255,7 @@ def write_report(
     out: Path | None = None,
     options: ReportOptions | None = None,
     progress: bool | None = None,
+    results_md: Path | None = None,
 ) -> Path:
     """Write the figures and ``index.html`` for a run or sweep folder; returns the page's path.
 
@@ -263,13 +264,23 @@ def write_report(
         out: output folder (default ``path/report``); created if needed.
         options: what to measure (:class:`ReportOptions`).
         progress: show a progress bar over runs (default: when stderr is a terminal).
+        results_md: also write the sweep's headline table (mean ± std over seeds) to this
+            Markdown file (:func:`protossl.reports.results_table.results_markdown`).
 
     Raises:
-        UserError: if ``path`` does not exist or holds no run.
+        UserError: if ``path`` does not exist or holds no run, or ``results_md`` is asked
+            for a folder without ``results.json``.
     """
+    from protossl.reports.results_table import results_markdown, results_sections
+
     options = options or ReportOptions()
     root = Path(path)
     runs = discover_runs(root)
+    if results_md is not None:
+        # Before the long per-run pass: a folder that is not a sweep fails at once.
+        markdown = results_markdown(root)
+        Path(results_md).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(results_md), markdown)
     out = Path(out) if out is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     show = sys.stderr.isatty() if progress is None else progress
@@ -316,7 +327,8 @@ def write_report(
         labels = " vs ".join(r.label for r, _ in present)
         maps.append(Figure(name, f"t-SNE of prototype directions ({labels}); colours: duplicates"))
 
-    sections = [_runs_section(root, runs), Section("Overview", figures=overview)]
+    sections = [*results_sections(root), _runs_section(root, runs)]
+    sections.append(Section("Overview", figures=overview))
     if maps:
         sections.append(
             Section(
