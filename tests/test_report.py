@@ -439,3 +439,16 @@ def test_every_image_loads_in_headless_chromium(sweep_report: Path, tmp_path: Pa
     bad = '<img src="data:image/png;base64,AAAA" alt="broken">'
     broken.write_text(html.replace("</body>", bad + _PROBE + "</body>"))
     assert _images_loaded(browser, broken, tmp_path / "profile") == (expected + 1, expected)
+
+
+def test_demo_folder_is_a_collection_of_runs_not_one_run(tmp_path: Path) -> None:
+    # `protossl demo --out D` writes D/summary.json next to D/dino and D/dino-kp.
+    from protossl.reports.runs import discover_runs
+
+    (tmp_path / "summary.json").write_text("[]")
+    for name in ("dino", "dino-kp"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text("method: dino\n")
+        (run / "summary.json").write_text('{"K": 8, "M": 8}')
+    assert [r.path.name for r in discover_runs(tmp_path)] == ["dino", "dino-kp"]

@@ -180,6 +180,7 @@ def test_report_writes_the_markdown_and_shows_it(tmp_path: Path) -> None:
 def test_results_md_needs_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     run.mkdir()
+    (run / "config.yaml").write_text("method: dino\n")
     (run / "summary.json").write_text(json.dumps({"finished": True, "K": 4, "M": 4}))
     code = main(["report", str(run), "--out", str(tmp_path / "r"), "--results-md", "x.md"])
     assert code == 2

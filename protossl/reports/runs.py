@@ -168,8 +168,18 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def is_run_folder(path: Path) -> bool:
-    """Whether ``path`` holds a run (a summary, metrics or a checkpoint)."""
-    return path.is_dir() and any((path / marker).is_file() for marker in RUN_MARKERS)
+    """Whether ``path`` holds a run (a summary, metrics or a checkpoint).
+
+    A ``summary.json`` alone does not make a run: ``protossl demo --out`` writes its
+    own summary next to its run folders, and that folder is a collection of runs.
+    The trainer writes ``config.yaml`` before anything else, so a run has it or one
+    of the other markers.
+    """
+    if not path.is_dir():
+        return False
+    if (path / "config.yaml").is_file():
+        return any((path / marker).is_file() for marker in RUN_MARKERS)
+    return any((path / marker).is_file() for marker in RUN_MARKERS if marker != "summary.json")
 
 
 def _read_json(path: Path, notes: list[str]) -> Any:
