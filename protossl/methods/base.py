@@ -81,27 +81,43 @@ class Method(nn.Module):
         ):
             t_param.mul_(momentum).add_(s_param.detach(), alpha=1 - momentum)
 
+    # The accessors below assume the layout every bundled method uses: ``student`` and
+    # ``teacher`` each have a ``backbone`` and a ``head`` whose ``prototypes`` layer holds
+    # the prototype matrix. A method with another layout overrides them.
+
     def student_prototypes(self) -> torch.Tensor:
         """The student's prototype matrix [K, p] (unnormalized)."""
-        raise NotImplementedError
+        return _prototype_weight(self.student)
 
     def teacher_prototypes(self) -> torch.Tensor:
         """The teacher's prototype matrix [K, p] (unnormalized)."""
-        raise NotImplementedError
+        return _prototype_weight(self.teacher)
 
     def prototype_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters frozen during the first epochs (DINO's ``freeze_last_layer``)."""
-        raise NotImplementedError
+        return _prototype_layer(self.student).parameters()
 
     @torch.no_grad()
     def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features of the teacher, used for kNN and other frozen evaluations."""
-        raise NotImplementedError
+        backbone = self.teacher.get_submodule("backbone")
+        return backbone(images)
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Teacher prototype scores for evaluation images (their argmax is the cluster)."""
         raise NotImplementedError
+
+
+def _prototype_layer(net: nn.Module) -> nn.Module:
+    """``net.head.prototypes`` (typed: ``nn.Module`` attributes are untyped)."""
+    return net.get_submodule("head.prototypes")
+
+
+def _prototype_weight(net: nn.Module) -> torch.Tensor:
+    weight = _prototype_layer(net).weight
+    assert isinstance(weight, torch.Tensor)  # a Parameter in both prototype layers
+    return weight
 
 
 def build_head(model: ModelConfig, in_dim: int, num_prototypes: int | None = None) -> DINOHead:

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -112,19 +111,6 @@ class DINO(Method):
         self.target_builder.update(teacher_logits, teacher_temp=teacher_temp)
         terms["loss"] = float(loss.detach())
         return StepOutput(loss=loss, terms=terms)
-
-    def student_prototypes(self) -> torch.Tensor:
-        return self.student.head.prototypes.weight
-
-    def teacher_prototypes(self) -> torch.Tensor:
-        return self.teacher.head.prototypes.weight
-
-    def prototype_parameters(self) -> Iterator[nn.Parameter]:
-        return self.student.head.prototypes.parameters()
-
-    @torch.no_grad()
-    def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher.backbone(images)
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:

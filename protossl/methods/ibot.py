@@ -219,21 +219,11 @@ class IBOT(Method):
         terms["loss"] = float(loss.detach())
         return StepOutput(loss=loss, terms=terms)
 
-    def student_prototypes(self) -> torch.Tensor:
-        return self.student.head.prototypes.weight
-
-    def teacher_prototypes(self) -> torch.Tensor:
-        return self.teacher.head.prototypes.weight
-
     def prototype_parameters(self) -> Iterator[nn.Parameter]:
         # Official iBOT freezes both heads' last layers ("last_layer" and "last_layer2").
         yield from self.student.head.prototypes.parameters()
         if self.student.patch_head is not None:
             yield from self.student.patch_head.prototypes.parameters()
-
-    @torch.no_grad()
-    def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher.backbone(images)
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:

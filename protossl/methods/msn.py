@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -239,19 +238,9 @@ class MSN(Method):
 
     # ------------------------------------------------------------ accessors
 
-    def student_prototypes(self) -> torch.Tensor:
-        return self.student.head.prototypes.weight
-
     def teacher_prototypes(self) -> torch.Tensor:
         # The target scores with the student's prototypes (MSN shares them).
         return self.student.head.prototypes.weight
-
-    def prototype_parameters(self) -> Iterator[nn.Parameter]:
-        return self.student.head.prototypes.parameters()
-
-    @torch.no_grad()
-    def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher.backbone(images)
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -233,19 +231,6 @@ class SwAV(Method):
         return []
 
     # ------------------------------------------------------------ accessors
-
-    def student_prototypes(self) -> torch.Tensor:
-        return self.student.head.prototypes.weight
-
-    def teacher_prototypes(self) -> torch.Tensor:
-        return self.student.head.prototypes.weight
-
-    def prototype_parameters(self) -> Iterator[nn.Parameter]:
-        return self.student.head.prototypes.parameters()
-
-    @torch.no_grad()
-    def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.student.backbone(images)
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
