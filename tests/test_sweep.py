@@ -258,3 +258,18 @@ def test_cifar10_sweep_file_is_valid_and_complete() -> None:
         protocols = {p for task in run.evals for p in task.protocols}
         assert protocols == {"knn", "linear", "fewshot", "cluster", "longtail"}
         assert all("@lt" not in (t.test_data or t.data) for t in run.evals)
+
+
+def test_cifar10_short_sweep_is_the_full_protocol_trimmed() -> None:
+    # docs/results.md comes from the short file: it must differ from the full protocol only
+    # by the seed axis (0 alone) and the step budget (300 instead of 600).
+    root = Path(__file__).resolve().parents[1] / "sweeps"
+    full = {r.name: r for r in load_sweep(root / "cifar10.yaml")}
+    short = load_sweep(root / "cifar10_short.yaml")
+    assert len(short) == 4 * 3 * 2
+    for run in short:
+        assert run.grid_values["seed"] == 0
+        reference = full[run.name]
+        assert run.preset == reference.preset and run.evals == reference.evals
+        changed = set(run.overrides) ^ set(reference.overrides)
+        assert changed == {"optim.max_steps=300", "optim.max_steps=600"}
