@@ -51,8 +51,8 @@ def row(preset: str, k: int, data: str, seed: int, m: int, knn: float, linear: f
 
 
 ROWS = [
-    row("dino", 256, BAL, 0, 200, 0.61, 0.70, 0.30),
-    row("dino", 256, BAL, 1, 211, 0.64, 0.66, 0.36),
+    row("dino", 256, BAL, 0, 200, 0.61, 0.70, 0.30, **{"eval.fewshot_5shot_top1_mean": 0.20}),
+    row("dino", 256, BAL, 1, 211, 0.64, 0.66, 0.36, **{"eval.fewshot_5shot_top1_mean": 0.25}),
     row("dino-kp", 256, BAL, 0, 256, 0.65, 0.72, 0.41),
     row("dino-kp", 256, BAL, 1, 255, 0.66, None, 0.40),  # its linear evaluation failed
     row("dino", 256, LT, 0, 150, 0.50, 0.55, 0.10),
@@ -97,27 +97,30 @@ def test_means_and_spreads_over_seeds(tmp_path: Path) -> None:
     assert "sample standard deviation" in text and "medium-shot" in text
     assert "600 optimizer steps" in text and "imbalance 100" in text
     balanced = table_rows(text, "(balanced)")
-    header = ["method", "K", "seeds", "M", "M/K", "kNN@20", "linear", "tail"]
+    header = ["method", "K", "seeds", "M", "M/K", "used", "kNN@20", "linear", "5-shot", "tail"]
     assert len(balanced[0]) == len(header)
     m_mean, m_std = mean_std(200, 211)
     mk_mean, mk_std = mean_std(200 / 256, 211 / 256)
+    used_mean, used_std = mean_std(1, 4)  # usage.prototypes_used = 3 * seed + 1
     assert balanced[0] == [
         "dino",
         "256",
         "2",
         f"{m_mean:.1f} ± {m_std:.1f}",
         f"{mk_mean:.3f} ± {mk_std:.3f}",
+        f"{used_mean:.1f} ± {used_std:.1f}",
         pct(0.61, 0.64),
         pct(0.70, 0.66),
+        pct(0.20, 0.25),
         pct(0.30, 0.36),
     ]
     kp_m_mean, kp_m_std = mean_std(256, 255)
     assert balanced[1][:4] == ["dino-kp", "256", "2", f"{kp_m_mean:.1f} ± {kp_m_std:.1f}"]
     # Only one of the two seeds has a linear result: its value, marked with n=1.
-    assert balanced[1][6] == "72.0 (n=1)"
+    assert balanced[1][7] == "72.0 (n=1)"
     # One seed: the mean alone; counts print without a decimal when whole.
     assert balanced[2][:4] == ["dino", "1024", "1", "300"]
-    assert balanced[2][5:] == ["62.0", "71.0", "33.0"]
+    assert balanced[2][6:] == ["62.0", "71.0", "-", "33.0"]  # no few-shot result: "-"
     # Long-tailed pretraining gets its own table, after the balanced one.
     (lt_row,) = table_rows(text, "long-tailed, R = 100")
     assert lt_row[:4] == ["dino", "256", "1", "150"]

@@ -13,8 +13,10 @@ there are two or more.
 Columns:
 
 * ``M``, ``M/K``: unique prototypes at the run's eps (from training's summary);
+* ``used``: ``usage.prototypes_used``, prototypes that are some monitor image's argmax;
 * ``kNN@20``: ``eval.knn_top1@20`` (weighted kNN, k = 20, T = 0.07, as in DINO);
 * ``linear``: ``eval.linear_top1`` (linear probe on frozen features);
+* ``5-shot``: ``eval.fewshot_5shot_top1_mean`` (5 labelled images per class, mean of draws);
 * ``LT tail``: ``eval.longtail_linear_<group>_top1``, the linear probe's accuracy on
   the rarest non-empty shot group of the long-tailed labelled pool: the few-shot
   classes (< 20 labelled images), or the medium-shot ones (20 to 100) where no
@@ -149,8 +151,11 @@ def tail_group(rows: Sequence[dict[str, Any]]) -> str | None:
 def _columns(tail: str | None) -> list[tuple[str, str, str]]:
     """(row key, header, format) of every metric column; format: count, ratio or percent."""
     columns = [("M", "M", "count"), ("M_over_K", "M/K", "ratio")]
+    # Collapse's other face: how many prototypes are anyone's argmax (design.md pitfalls).
+    columns += [("usage.prototypes_used", "used", "count")]
     columns += [("eval.knn_top1@20", "kNN@20 top-1 %", "percent")]
     columns += [("eval.linear_top1", "linear top-1 %", "percent")]
+    columns += [("eval.fewshot_5shot_top1_mean", "5-shot top-1 %", "percent")]
     if tail is not None:
         columns.append((f"eval.longtail_linear_{tail}_top1", "LT tail top-1 %", "percent"))
     return columns
@@ -281,6 +286,10 @@ def _build(sweep_dir: Path) -> _Built:
         "M: unique prototypes at the run's eps (directions closer than eps, chained, count "
         "once). kNN@20: weighted kNN top-1 (k = 20, T = 0.07) on the teacher backbone's "
         "frozen features; linear: linear-probe top-1 (test split).",
+        "used: prototypes that are the teacher's argmax for at least one of the monitor's "
+        "test images at the end of training (collapse's other face: usage, not duplicates). "
+        "5-shot: logistic regression on 5 labelled train images per class, mean over the "
+        "few-shot protocol's draws.",
     ]
     setup = _setup(sweep_dir, done)
     if setup:
