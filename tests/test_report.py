@@ -208,6 +208,9 @@ def test_m_vs_k_points_and_twins_come_from_the_results(sweep_dir: Path) -> None:
         (row["preset"], row["K"], row["M"]) for row in rows
     ]
     assert [p.regularized for p in points] == [row["preset"] == "dino-kp" for row in rows]
+    assert [p.data for p in points] == [row["data"] for row in rows]
+    summaries = [json.loads((sweep_dir / row["run"] / "summary.json").read_text()) for row in rows]
+    assert [p.used for p in points] == [s["usage"]["prototypes_used"] for s in summaries]
     groups = group_twins(runs)
     assert [[r.name for r in g] for g in groups] == [
         [f"dino_num_prototypes-{k}", f"dino-kp_num_prototypes-{k}"] for k in KS
@@ -452,3 +455,29 @@ def test_demo_folder_is_a_collection_of_runs_not_one_run(tmp_path: Path) -> None
         (run / "config.yaml").write_text("method: dino\n")
         (run / "summary.json").write_text('{"K": 8, "M": 8}')
     assert [r.path.name for r in discover_runs(tmp_path)] == ["dino", "dino-kp"]
+
+
+def test_against_k_lines_join_the_mean_per_k_and_skip_unknown_values(tmp_path: Path) -> None:
+    from protossl.reports import figures
+
+    points = [
+        figures.MKPoint("dino", "dino", False, 256, 250, "bal", used=3),
+        figures.MKPoint("dino", "dino", False, 256, 240, "bal", used=5),  # a second seed
+        figures.MKPoint("dino", "dino", False, 1024, 1000, "bal", used=None),
+        figures.MKPoint("dino-kp", "dino", True, 256, 256, "bal", used=9),
+    ]
+    plt = figures._pyplot()
+    fig, ax = plt.subplots()
+    figures._plot_against_k(ax, points, "used", {"dino": "C0"})
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["dino"].get_xdata()) == [256] and list(lines["dino"].get_ydata()) == [4.0]
+    assert lines["dino-kp"].get_linestyle() == "--" and list(lines["dino-kp"].get_ydata()) == [9]
+    ax.clear()
+    figures._plot_against_k(ax, points, "M", {"dino": "C0"})
+    dino = next(line for line in ax.get_lines() if line.get_label() == "dino")
+    assert list(dino.get_xdata()) == [256, 1024] and list(dino.get_ydata()) == [245.0, 1000.0]
+    plt.close(fig)
+    # Two training data sets: two columns; usage known: a second row (5.2 x 4.2 in, 100 dpi).
+    lt = figures.MKPoint("dino", "dino", False, 256, 100, "lt", used=2)
+    out = figures.plot_m_vs_k([*points, lt], tmp_path / "m.png")
+    assert Image.open(out).size == (1040, 840)

@@ -50,13 +50,16 @@ _DARK_GREY = "#606060"
 
 @dataclass(frozen=True)
 class MKPoint:
-    """One run in the M-against-K plot."""
+    """One run in the M-against-K plot (``data``: its training data, one column each;
+    ``used``: prototypes that were some test image's argmax, the bottom row)."""
 
     label: str
     family: str
     regularized: bool
     K: int
     M: int
+    data: str = ""
+    used: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Curve:
     regularized: bool
     x: Sequence[float]
     y: Sequence[float]
+    panel: str = ""  # training data: one row of the training figure each
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,38 +126,67 @@ def _log_axes(ax: Any) -> None:
         axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
 
 
-def plot_m_vs_k(points: Sequence[MKPoint], out: Path, eps: float | None = None) -> Path:
-    """M against K, log axes, one line per label (baseline solid, regularized dashed).
-
-    Every run is a marker; the line joins the mean M at each K (seeds averaged).
-    The dotted diagonal is M = K (no collapse).
-    """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 4.4))
-    colours = _family_styles([p.family for p in points])
-    # Baseline before its regularized twin, in order of first appearance of each family.
+def _plot_against_k(
+    ax: Any, points: Sequence[MKPoint], value: str, colours: dict[str, str]
+) -> None:
+    """One line per label through the mean of ``value`` (M or used) at each K; every run a
+    marker. Baselines solid with circles, regularized twins dashed with squares."""
     families = list(dict.fromkeys(p.family for p in points))
     ordered = sorted(points, key=lambda p: (families.index(p.family), p.regularized))
-    labels = list(dict.fromkeys(p.label for p in ordered))
-    for label in labels:
-        mine = [p for p in points if p.label == label]
+    for label in dict.fromkeys(p.label for p in ordered):
+        mine = [p for p in points if p.label == label and getattr(p, value) is not None]
+        if not mine:
+            continue
         first = mine[0]
         ks = sorted({p.K for p in mine})
-        means = [float(np.mean([p.M for p in mine if size == p.K])) for size in ks]
-        style = "--" if first.regularized else "-"
-        marker = "s" if first.regularized else "o"
+        means = [float(np.mean([getattr(p, value) for p in mine if size == p.K])) for size in ks]
         colour = colours[first.family]
-        ax.plot(ks, means, style, color=colour, label=label)
-        ax.scatter([p.K for p in mine], [p.M for p in mine], color=colour, marker=marker, s=28)
+        ax.plot(ks, means, "--" if first.regularized else "-", color=colour, label=label)
+        ys = [getattr(p, value) for p in mine]
+        ax.scatter(
+            [p.K for p in mine], ys, color=colour, marker="s" if first.regularized else "o", s=28
+        )
+
+
+def plot_m_vs_k(points: Sequence[MKPoint], out: Path, eps: float | None = None) -> Path:
+    """M against K, log axes, one column per training data set; a second row shows the
+    prototypes used (some test image's argmax) against K where the points know it.
+
+    Every run is a marker; a line joins the mean at each K (seeds averaged), baseline
+    solid, regularized dashed. The dotted diagonal is M = K (no collapse).
+    """
+    plt = _pyplot()
+    panels = list(dict.fromkeys(p.data for p in points))
+    with_usage = any(p.used is not None for p in points)
+    rows = 2 if with_usage else 1
+    fig, axes = plt.subplots(
+        rows, len(panels), figsize=(5.2 * len(panels), 4.2 * rows), squeeze=False
+    )
+    colours = _family_styles([p.family for p in points])
     all_k = [p.K for p in points]
     low, high = min(all_k) / 1.5, max(all_k) * 1.5
-    ax.plot([low, high], [low, high], ":", color=_DARK_GREY, label="M = K")
-    _log_axes(ax)
-    ax.set_xlabel("K (prototypes)")
-    ax.set_ylabel("M (unique prototypes)")
-    ax.set_title("unique prototypes" + (f" (eps {eps:g})" if eps is not None else ""))
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    for column, data in enumerate(panels):
+        mine = [p for p in points if p.data == data]
+        suffix = f"\n{data}" if data else ""
+        ax = axes[0][column]
+        _plot_against_k(ax, mine, "M", colours)
+        ax.plot([low, high], [low, high], ":", color=_DARK_GREY, label="M = K")
+        _log_axes(ax)
+        ax.set_xlabel("K (prototypes)")
+        ax.set_ylabel("M (unique prototypes)")
+        title = "unique prototypes" + (f" (eps {eps:g})" if eps is not None else "")
+        ax.set_title(title + suffix, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        if with_usage:
+            ax = axes[1][column]
+            _plot_against_k(ax, mine, "used", colours)
+            _log_axes(ax)
+            ax.set_xlabel("K (prototypes)")
+            ax.set_ylabel("prototypes used (some image's argmax)")
+            ax.set_title("prototypes used" + suffix, fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, out)
 
@@ -171,18 +204,26 @@ def _plot_curves(ax: Any, curves: Sequence[Curve], colours: dict[str, str]) -> N
 
 
 def plot_training(panels: Mapping[str, Sequence[Curve]], out: Path) -> Path:
-    """One panel per quantity of :data:`TRAINING_PANELS` (over steps), one line per run."""
+    """One column per quantity of :data:`TRAINING_PANELS` (over steps), one row per
+    training data set (``Curve.panel``), one line per run."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4.3 * len(TRAINING_PANELS), 3.6))
+    rows = list(dict.fromkeys(c.panel for curves in panels.values() for c in curves)) or [""]
+    fig, axes = plt.subplots(
+        len(rows),
+        len(TRAINING_PANELS),
+        figsize=(4.3 * len(TRAINING_PANELS), 3.6 * len(rows)),
+        squeeze=False,
+    )
     colours = _family_styles([c.group for curves in panels.values() for c in curves])
-    for ax, (key, title) in zip(axes, TRAINING_PANELS, strict=True):
-        _plot_curves(ax, panels.get(key, ()), colours)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    handles, names = axes[0].get_legend_handles_labels()
-    if handles:
-        axes[0].legend(fontsize=7)
+    for row, data in zip(axes, rows, strict=True):
+        for ax, (key, title) in zip(row, TRAINING_PANELS, strict=True):
+            _plot_curves(ax, [c for c in panels.get(key, ()) if c.panel == data], colours)
+            ax.set_title(title + (f"\n{data}" if data else ""), fontsize=10)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        handles, _names = row[0].get_legend_handles_labels()
+        if handles:
+            row[0].legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, out)
 

@@ -84,7 +84,7 @@ class _RunResult:
 def m_vs_k_points(runs: Sequence[RunRecord]) -> list[plots.MKPoint]:
     """The runs that know K and M, as points of the M-against-K plot."""
     return [
-        plots.MKPoint(r.label, r.family, r.regularized, r.K, r.M)
+        plots.MKPoint(r.label, r.family, r.regularized, r.K, r.M, r.data, r.prototypes_used)
         for r in runs
         if r.K is not None and r.M is not None
     ]
@@ -126,7 +126,7 @@ def run_table(runs: Sequence[RunRecord]) -> Table:
                 run.name,
                 run.label,
                 run.status,
-                str(run.summary.get("data") or (run.config.get("data") or {}).get("spec", "-")),
+                run.data,
                 _fmt(run.summary.get("steps")),
                 _fmt(k),
                 _fmt(m),
@@ -160,6 +160,7 @@ def _training_panels(runs: Sequence[RunRecord]) -> dict[str, list[plots.Curve]]:
                         run.regularized,
                         [float(r["step"]) for r in records],
                         [float(r[key]) for r in records],
+                        run.data,
                     )
                 )
     return panels
@@ -294,7 +295,13 @@ def write_report(
     points = m_vs_k_points(runs)
     if points:
         plots.plot_m_vs_k(points, out / "m_vs_k.png", eps)
-        overview.append(Figure("m_vs_k.png", "unique prototypes M against K; dotted: M = K"))
+        overview.append(
+            Figure(
+                "m_vs_k.png",
+                "unique prototypes M against K (top) and prototypes used, i.e. some test "
+                "image's argmax (bottom), one column per training data set; dotted: M = K",
+            )
+        )
     panels = _training_panels(runs)
     if panels:
         plots.plot_training(panels, out / "training_curves.png")

@@ -111,6 +111,18 @@ class RunRecord:
         return _int_or_none(self.row.get("M", self.summary.get("M")))
 
     @property
+    def data(self) -> str:
+        """The training data spec (``?`` when no record names it)."""
+        spec = self.row.get("data") or self.summary.get("data")
+        return str(spec or (self.config.get("data") or {}).get("spec") or "?")
+
+    @property
+    def prototypes_used(self) -> int | None:
+        """Prototypes that were some monitor image's argmax at the end (usage's face)."""
+        usage = self.summary.get("usage") or {}
+        return _int_or_none(usage.get("prototypes_used")) if isinstance(usage, dict) else None
+
+    @property
     def eps(self) -> float:
         """The linking distance the run measured M at."""
         value = self.summary.get("eps", (self.config.get("monitor") or {}).get("eps"))
