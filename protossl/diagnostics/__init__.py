@@ -1,7 +1,7 @@
 """Diagnostics of partial prototype collapse.
 
 Unique prototypes M (Govindarajan et al., "On Partial Prototype Collapse in
-Clustering-Based Self-Supervised Learning"), the uniqueness curve over eps,
+the DINO Family of Self-Supervised Methods"), the uniqueness curve over eps,
 nearest-neighbour distances, and prototype usage of DINO-family heads (Caron et
 al. 2021). Diagnostics never import training code, so any checkpoint can be
 analyzed.

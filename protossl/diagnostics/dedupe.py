@@ -2,7 +2,7 @@
 
 Prototypes whose directions are chained within eps (the unique-prototype
 definition of Govindarajan et al., "On Partial Prototype Collapse in
-Clustering-Based Self-Supervised Learning") are replaced by one prototype: the
+the DINO Family of Self-Supervised Methods") are replaced by one prototype: the
 normalized mean of the group's unit directions. The compact head keeps
 ``group_of`` so an assignment to original prototype k maps to group
 ``group_of[k]``; argmax assignments of the compact head agree with the

@@ -3,7 +3,7 @@
 Clustering-based self-supervised methods (DINO, Caron et al. 2021, "Emerging
 Properties in Self-Supervised Vision Transformers"; iBOT; MSN) are configured with
 K prototypes but learn far fewer distinct ones. Following Govindarajan et al.,
-"On Partial Prototype Collapse in Clustering-Based Self-Supervised Learning", we
+"On Partial Prototype Collapse in the DINO Family of Self-Supervised Methods", we
 normalize every prototype, link two prototypes when the Euclidean distance between
 their directions is below ``eps`` (default 0.025), and report the number M of
 connected components (single linkage: a chain a-b, b-c is one group even when a and

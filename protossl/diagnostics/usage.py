@@ -1,7 +1,7 @@
 """Prototype usage: how many prototypes any sample actually picks.
 
 Partial prototype collapse (Govindarajan et al., "On Partial Prototype Collapse in
-Clustering-Based Self-Supervised Learning") has a second face besides duplicate
+the DINO Family of Self-Supervised Methods") has a second face besides duplicate
 prototypes: most prototypes may never be anyone's argmax, even while all of them
 stay distinct. DINO (Caron et al. 2021) counters the uniform and one-hot extremes
 with centering and sharpening; these statistics show where a run actually sits:

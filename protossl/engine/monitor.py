@@ -1,7 +1,7 @@
 """Live collapse monitor: both faces of partial prototype collapse, every epoch.
 
 Face one is duplicates: the number M of unique prototypes (Govindarajan et al.,
-"On Partial Prototype Collapse in Clustering-Based Self-Supervised Learning").
+"On Partial Prototype Collapse in the DINO Family of Self-Supervised Methods").
 Face two is usage: how many prototypes any evaluation image picks as its
 teacher argmax (of the raw logits, without the training center, as a cluster
 assignment at test time), and the entropy of that choice. They need not come together

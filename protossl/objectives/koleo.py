@@ -3,8 +3,8 @@
 KoLeo (Sablayrolles et al., "Spreading vectors for similarity search", 2019;
 used on embeddings in DINOv2) rewards every vector for being far from its
 nearest neighbour. Applied to the prototypes themselves (KoLeo-proto,
-Govindarajan et al., "On Partial Prototype Collapse in Clustering-Based
-Self-Supervised Learning") it keeps prototypes from collapsing onto each other.
+Govindarajan et al., "On Partial Prototype Collapse in the DINO Family of
+Self-Supervised Methods") it keeps prototypes from collapsing onto each other.
 
 Large K. The nearest neighbour of every row is found by an exact *blocked*
 search: ``block_size x block_size`` tiles of the similarity matrix with a running
@@ -282,8 +282,8 @@ def koleo_proto_loss(
 ) -> Tensor:
     """KoLeo-proto: the KoLeo estimator on the K prototype vectors.
 
-    From Govindarajan et al., "On Partial Prototype Collapse in Clustering-Based
-    Self-Supervised Learning": ``L_KP = -(1/K) sum_i log(min_{j != i}
+    From Govindarajan et al., "On Partial Prototype Collapse in the DINO Family of
+    Self-Supervised Methods": ``L_KP = -(1/K) sum_i log(min_{j != i}
     ||mu_i - mu_j|| + eps)`` with ``mu_i = w_i / ||w_i||``.
 
     Args:
@@ -324,8 +324,8 @@ def _candidates_problem(candidates: Any) -> str | None:
 class KoLeoProto(nn.Module):
     """Weighted KoLeo-proto regularizer, ``weight * L_KP`` on the student prototypes.
 
-    From Govindarajan et al., "On Partial Prototype Collapse in Clustering-Based
-    Self-Supervised Learning": spreading the prototypes uniformly on the sphere
+    From Govindarajan et al., "On Partial Prototype Collapse in the DINO Family of
+    Self-Supervised Methods": spreading the prototypes uniformly on the sphere
     prevents partial prototype collapse. Apply it to the student's prototype
     weights only (the teacher follows by EMA).
 

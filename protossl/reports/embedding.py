@@ -1,7 +1,7 @@
 """Seeded 2-D maps of prototypes and embeddings (t-SNE, van der Maaten & Hinton 2008).
 
 The seed paper (Govindarajan et al., "On Partial Prototype Collapse in
-Clustering-Based Self-Supervised Learning") shows collapse as t-SNE plots where
+the DINO Family of Self-Supervised Methods") shows collapse as t-SNE plots where
 duplicate prototypes pile up and KoLeo-proto's spread out. Inputs are L2-normalized
 first, so Euclidean distances rank pairs like cosine similarity does (the geometry
 the prototypes act in). Everything is seeded: the same input gives the same map.

@@ -1,7 +1,7 @@
 """The report's figures, one PNG each (matplotlib, Agg backend: files only, never a window).
 
 They show the seed paper's claims (Govindarajan et al., "On Partial Prototype
-Collapse in Clustering-Based Self-Supervised Learning") for one's own runs:
+Collapse in the DINO Family of Self-Supervised Methods") for one's own runs:
 unique prototypes M against K with the line M = K, M over eps, t-SNE maps of the
 prototypes with duplicate groups coloured, and the second face of collapse,
 prototype usage (how the marginal latent class distribution is met), with

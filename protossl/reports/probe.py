@@ -2,8 +2,8 @@
 teacher's view of a subset of the test split.
 
 Prototype directions and their duplicate groups (components of the eps-linkage
-graph, Govindarajan et al., "On Partial Prototype Collapse in Clustering-Based
-Self-Supervised Learning") come from the student head, as the run's ``M`` does.
+graph, Govindarajan et al., "On Partial Prototype Collapse in the DINO Family of
+Self-Supervised Methods") come from the student head, as the run's ``M`` does.
 Test images go through the *teacher* (as DINO, Caron et al. 2021, evaluates it):
 backbone features for the embedding map, and the argmax of the prototype scores
 as each image's cluster. Features come from the evaluation code

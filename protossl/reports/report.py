@@ -1,7 +1,7 @@
 """``protossl report``: PNG figures and one self-contained ``index.html`` for a run or a sweep.
 
 What the seed paper (Govindarajan et al., "On Partial Prototype Collapse in
-Clustering-Based Self-Supervised Learning") shows in pictures, for one's own
+the DINO Family of Self-Supervised Methods") shows in pictures, for one's own
 runs: M against K per method with and without KoLeo-proto and the line M = K;
 M, usage entropy and loss over training; the uniqueness curve (M over eps);
 t-SNE maps of the prototype directions with duplicate groups coloured (baseline

@@ -1,7 +1,7 @@
 """The headline results table of a sweep, generated from its ``results.json``.
 
 The seed paper's claims (Govindarajan et al., "On Partial Prototype Collapse in
-Clustering-Based Self-Supervised Learning") come as one table per data setting:
+the DINO Family of Self-Supervised Methods") come as one table per data setting:
 for each method with and without KoLeo-proto and each number of prototypes K,
 the unique prototypes M and M/K, kNN and linear accuracy, and accuracy on the
 rare classes of a long-tailed labelled pool. This module builds that table from

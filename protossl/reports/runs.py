@@ -6,7 +6,7 @@ A *run folder* is what ``protossl train --out`` writes (``config.yaml``,
 ``results.json``. Runs are labelled like the presets they come from (``dino``,
 ``dino-kp``, ``ibot-vmf-kp``): the method, ``-vmf`` for von Mises-Fisher
 prototypes, ``-kp`` for KoLeo-proto (Govindarajan et al., "On Partial Prototype
-Collapse in Clustering-Based Self-Supervised Learning"). A baseline and its
+Collapse in the DINO Family of Self-Supervised Methods"). A baseline and its
 regularized twin are runs whose configs differ only in the prototype regularizer.
 
 Example:
