@@ -481,3 +481,16 @@ def test_against_k_lines_join_the_mean_per_k_and_skip_unknown_values(tmp_path: P
     lt = figures.MKPoint("dino", "dino", False, 256, 100, "lt", used=2)
     out = figures.plot_m_vs_k([*points, lt], tmp_path / "m.png")
     assert Image.open(out).size == (1040, 840)
+
+
+def test_usage_histogram_shows_a_few_used_prototypes_among_thousands(tmp_path: Path) -> None:
+    # Usage collapse: 3 of 4,096 prototypes take every image. Their bars must be visible
+    # (a linear rank axis drew them under one pixel wide: an empty-looking plot).
+    from protossl.reports import figures
+
+    counts = np.zeros(4096, dtype=np.int64)
+    counts[[7, 99, 4000]] = [500, 300, 200]
+    out = figures.plot_usage(counts, tmp_path / "usage.png", "3 of 4096 used")
+    pixels = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    blue = np.abs(pixels - np.array([0x1F, 0x77, 0xB4])).sum(axis=2) < 30  # matplotlib's C0
+    assert blue.sum() > 2000

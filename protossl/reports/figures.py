@@ -325,12 +325,15 @@ def plot_usage(counts: np.ndarray, out: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     ordered = np.sort(np.asarray(counts))[::-1]
     ranks = np.arange(1, ordered.size + 1)
-    ax.bar(ranks, ordered, width=1.0, color="C0", linewidth=0)
+    # Rank r is the bar [r, r + 1) on a log axis: when a few of thousands of prototypes
+    # take every image (usage collapse), a linear axis would draw them too thin to see.
+    ax.bar(ranks, ordered, width=1.0, align="edge", color="C0", linewidth=0)
     ax.axhline(ordered.sum() / ordered.size, color=_DARK_GREY, linestyle=":", label="uniform")
-    ax.set_xlim(0.5, ordered.size + 0.5)
-    ax.set_xlabel("prototype (by usage rank)")
+    ax.set_xscale("log")
+    ax.set_xlim(1, ordered.size + 1)
+    ax.set_xlabel("prototype (by usage rank, log scale)")
     ax.set_ylabel("test images assigned")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
