@@ -4,15 +4,19 @@
 VENV    ?= .venv
 PYTHON  ?= python3
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
+LIGHTLY ?= lightly==1.6.0
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.protossl-installed
 
 .PHONY: venv demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
+	# lightly: the independent reference of tests/test_parity.py and benchmarks/parity_lightly.py;
+	# --no-deps because its DINO modules need only torch (its own deps would pull a new torch).
+	$(PY) -m pip install -q --no-deps $(LIGHTLY)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -20,7 +20,7 @@ Protocol:
   protossl ``standard`` and lightly's ``DINOTransform``; uint8 decode in the loader, then
   ``BatchedMultiCrop`` on the batch for protossl ``batched``), forward (teacher on the
   2 global crops, student on all 6), loss, backward, optimizer step, EMA update.
-  protossl's step is the trainer's own (``Trainer._train_step``: schedules, per-parameter
+  protossl's step is the trainer's own (``Trainer.train_step``: schedules, per-parameter
   gradient clipping at 3.0, loss all-reduce bookkeeping), after the prototype-freezing
   epoch; lightly's follows its DINO example (each view through the network separately,
   ``cancel_last_layer_gradients`` after the freezing epoch, no clipping);
@@ -132,7 +132,7 @@ def protossl_runner(batch: int, k: int, augmentation: str, workdir: Path) -> Run
 
     def step(crops: list[torch.Tensor], i: int) -> None:
         # epoch 1: after DINO's prototype-freezing epoch, as lightly's runner.
-        trainer._train_step(crops, i % trainer.total_steps, epoch=1)
+        trainer.train_step(crops, i % trainer.total_steps, epoch=1)
 
     return Runner(f"protossl {augmentation}", batches(), trainer.augmentation.crops, step)
 

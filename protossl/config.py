@@ -26,6 +26,9 @@ import yaml
 
 from protossl.errors import UserError
 
+# The optimizers of protossl.engine.optimizers (named here: config never imports the engine).
+OPTIMIZER_NAMES = ("adamw", "sgd")
+
 
 @dataclass
 class DataConfig:
@@ -93,6 +96,9 @@ class OptimConfig:
 
     epochs: int = 20
     max_steps: int | None = None
+    # "adamw" (DINO's default) or "sgd" (momentum 0.9, DINO's ResNet option); see
+    # protossl.engine.optimizers and docs/recipe.md.
+    optimizer: str = "adamw"
     lr: float = 5e-4  # for a batch of 256, scaled linearly (DINO)
     min_lr: float = 1e-6
     warmup_epochs: int = 2
@@ -460,6 +466,10 @@ def validate(cfg: Config) -> None:
         f"optim.max_steps must be >= 1 or null (got {op.max_steps})",
     )
     _require(op.lr > 0, f"optim.lr must be > 0 (got {op.lr})")
+    _require(
+        op.optimizer in OPTIMIZER_NAMES,
+        f"optim.optimizer must be one of {', '.join(OPTIMIZER_NAMES)} (got {op.optimizer!r})",
+    )
     _require(op.min_lr >= 0, f"optim.min_lr must be >= 0 (got {op.min_lr})")
     _require(op.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {op.warmup_epochs})")
     _require(op.weight_decay >= 0 and op.weight_decay_end >= 0, "optim.weight_decay must be >= 0")

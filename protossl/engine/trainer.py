@@ -24,6 +24,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ from protossl.engine.checkpoint import (
     save_checkpoint_atomic,
 )
 from protossl.engine.monitor import CollapseMonitor
+from protossl.engine.optimizers import build_optimizer
+from protossl.engine.plateau import PlateauDetector
 from protossl.engine.runtime import Runtime
 from protossl.engine.schedules import cosine_schedule, linear_warmup_schedule
 from protossl.errors import UserError
@@ -118,17 +121,6 @@ class Schedules:
                 total_steps,
             ),
         )
-
-
-def _parameter_groups(module: torch.nn.Module) -> list[dict[str, Any]]:
-    # As in DINO: no weight decay on biases and normalization parameters.
-    decayed: list[torch.nn.Parameter] = []
-    plain: list[torch.nn.Parameter] = []
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        (plain if name.endswith(".bias") or param.ndim <= 1 else decayed).append(param)
-    return [{"params": decayed}, {"params": plain, "weight_decay": 0.0}]
 
 
 def clip_gradients_per_parameter(module: torch.nn.Module, max_norm: float) -> None:
@@ -209,8 +201,9 @@ class Trainer:
         self.total_steps = total
         self.num_epochs = math.ceil(total / self.steps_per_epoch)
         self.schedules = Schedules.from_config(cfg, self.total_steps, self.steps_per_epoch)
-        self.optimizer = torch.optim.AdamW(_parameter_groups(self.method.student))
+        self.optimizer = build_optimizer(cfg.optim.optimizer, self.method.student)
         self.monitor = CollapseMonitor(self._monitor_images(), eps=cfg.monitor.eps)
+        self.plateau = PlateauDetector()  # warns once if the run sits at loss ln K
         self.start_epoch = 0
         self.elapsed_before = 0.0
         if self._checkpoint is not None:
@@ -287,7 +280,17 @@ class Trainer:
             if i == 0:
                 group["weight_decay"] = float(self.schedules.weight_decay[step])
 
-    def _train_step(self, crops: list[torch.Tensor], step: int, epoch: int) -> dict[str, float]:
+    def batches(self, epoch: int) -> Iterator[list[torch.Tensor]]:
+        """The crops of every batch of ``epoch`` (globals first), in training order.
+
+        The same crops as :meth:`fit` sees; benchmarks feed them to a reference trainer.
+        """
+        torch.manual_seed(epoch_seed(self.cfg.seed, epoch))
+        for batch in self._loader(epoch):
+            yield self.augmentation.crops(batch)
+
+    def train_step(self, crops: list[torch.Tensor], step: int, epoch: int) -> dict[str, float]:
+        """One optimisation step at global ``step`` (schedules, clipping, freezing, EMA)."""
         self._set_hyperparameters(step)
         context = StepContext(
             step=step,
@@ -361,7 +364,7 @@ class Trainer:
                 if epoch * self.steps_per_epoch + i >= self.total_steps:
                     break
                 step = epoch * self.steps_per_epoch + i
-                terms = self._train_step(self.augmentation.crops(batch), step, epoch)
+                terms = self.train_step(self.augmentation.crops(batch), step, epoch)
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
@@ -373,6 +376,8 @@ class Trainer:
                         writer.add_scalar(f"monitor/{key}", value, step + 1)
             seconds = time.perf_counter() - epoch_started
             record = self._epoch_record(epoch, step, sums, count, seconds)
+            if main and (message := self.plateau.observe(record)) is not None:
+                tqdm.write(f"warning: {message}", file=sys.stderr)  # one line, above the bar
             if main:
                 self._append_metrics(record, writer)
                 if not self.progress:

@@ -155,7 +155,52 @@ def resnet18(image_size: int) -> Backbone:
     return _small_image_resnet(image_size, channels=(64, 128, 256, 512), layers=(2, 2, 2, 2))
 
 
+class PlainConvNet(nn.Module):
+    """Three 3x3 convolutions with BatchNorm and ReLU, then global average pooling.
+
+    ``conv(3 -> c1) -> conv(c1 -> c2, stride 2) -> conv(c2 -> c2)``; no residual
+    connections and no zero-initialized BatchNorm, so every layer changes the
+    features from the first step (see docs/recipe.md for why that matters for
+    DINO on tiny images).
+    """
+
+    def __init__(self, widths: tuple[int, int] = (64, 128)) -> None:
+        super().__init__()
+        c1, c2 = widths
+        self.features = nn.Sequential(
+            *_conv_bn_relu(3, c1, stride=1),
+            *_conv_bn_relu(c1, c2, stride=2),
+            *_conv_bn_relu(c2, c2, stride=1),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images).mean(dim=(-2, -1))
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def cnn_tiny(image_size: int) -> Backbone:
+    """A plain 3-layer CNN (64 -> 128/2 -> 128, BatchNorm + ReLU, average pool).
+
+    The backbone an independent lightly-built DINO learns with on ``digits`` on two
+    CPU cores (design.md, known pitfalls); any image size >= 2 px.
+
+    Example:
+        >>> cnn_tiny(8)(torch.zeros(2, 3, 8, 8)).shape
+        torch.Size([2, 128])
+    """
+    del image_size  # fully convolutional
+    return Backbone(PlainConvNet((64, 128)), 128)
+
+
 BACKBONES: dict[str, Callable[[int], Backbone]] = {
+    "cnn_tiny": cnn_tiny,
     "vit_tiny": vit_tiny,
     "vit_small": vit_small,
     "resnet_tiny": resnet_tiny,
