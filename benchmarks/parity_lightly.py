@@ -21,8 +21,10 @@ Protocol:
   see how far ordinary rounding moves two identical trainings apart;
 - kNN top-1 (k = 20, T = 0.07, protossl's kNN on the teacher backbone's features of the
   digits test split against the train split) of both teachers at ``--knn-at`` steps;
-- the run's configuration: protossl's ``dino`` preset with ``--set`` overrides (default:
-  the recipe of ``docs/recipe.md``).
+- the run's configuration: protossl's ``dino`` preset with ``RECIPE`` and ``--set``
+  overrides (default: the demo's data, backbone and K with DINO's other defaults and no
+  BatchNorm head: the setting that sits on the plateau in ``docs/recipe.md``; add
+  ``--set model.use_bn_in_head=true --set optim.lr=4e-3`` for the demo's recipe).
 
 The table goes between markers in ``docs/parity.md``; nothing there is typed.
 

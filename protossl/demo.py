@@ -4,7 +4,9 @@ Both runs use the same seed, model, K and steps; only the prototype
 regularizer differs. They run as two processes with one thread each (the
 fastest use of a 2-core laptop), and the demo prints one table with both
 faces of collapse: unique prototypes M (duplicates) and how many prototypes
-any test image picks (usage), next to kNN accuracy and wall time.
+any test image picks (usage), next to kNN accuracy and wall time. Two reference
+rows under the runs say what the kNN numbers mean: the same backbone at its
+random initialization, and the raw pixels, which any backbone must beat.
 
 Example:
     $ protossl demo --out demo_runs
@@ -20,28 +22,50 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
+from protossl.config import Config, load_config
+from protossl.data import EvalTransform, load_dataset
+from protossl.diagnostics import summarize_prototypes
 from protossl.engine.checkpoint import atomic_write_text
+from protossl.engine.monitor import CollapseMonitor, monitor_images
 from protossl.errors import UserError
+from protossl.evaluation.features import extract_features
+from protossl.evaluation.knn import knn_accuracy
+from protossl.evaluation.knn_eval import evaluate_knn
+from protossl.methods import Method, build_method
 from protossl.reports.curves import plot_runs
 
 DEMO_PRESETS = ("dino", "dino-kp")
-DEMO_EPOCHS = 30  # 22 steps of 64 images each: 660 steps, about 5 minutes per run on one core
-# Settings shared by both demo runs; the presets hold DINO's defaults for everything else.
+DEMO_EPOCHS = 150  # 11 steps of 128 images each: 1,650 steps, about 7 minutes per run on one core
+# Settings shared by both demo runs (docs/recipe.md says why each is there); the presets
+# hold DINO's defaults for everything else.
 DEMO_OVERRIDES = (
     "data.spec=digits",
-    "model.num_prototypes=1024",
-    "model.backbone=resnet_tiny",
-    # A BatchNorm head (DINO's use_bn_in_head) spreads the first embeddings across
-    # the batch; without it a small net starts with one prototype winning every argmax.
+    # K = 256: 25 times the 10 classes, room for collapse, and cheap enough per step on one
+    # core (the known pitfalls of design.md: an independent DINO at K 1,024 was slower and
+    # further from the targets after the same number of steps).
+    "model.num_prototypes=256",
+    "model.backbone=cnn_tiny",  # a plain 3-layer CNN: thousands of cheap steps
+    # A BatchNorm head (DINO's use_bn_in_head): without it the head maps every image to
+    # one embedding within ~5 steps and the run sits at ln K (docs/recipe.md, section 2).
     "model.use_bn_in_head=true",
-    "data.batch_size=64",  # more, cheaper steps for the same wall time
-    "optim.lr=1e-3",
-    # The images are 8x8 digits upsampled to 16 px: DINO's 5-40% local crops of them
-    # are a few pixels of stroke, so both crop ranges are narrowed for this data set.
-    "data.global_scale=[0.5,1.0]",
-    "data.local_scale=[0.2,0.5]",
+    # The digits at their native 8 px: 8 px global crops, 4 px local crops.
+    "data.image_size=8",
+    "data.local_size=4",
+    "data.global_scale=[0.4,1.0]",
+    "data.local_scale=[0.1,0.4]",
+    "data.batch_size=128",
+    "optim.lr=4e-3",  # DINO scales by batch/256: 2e-3 per step
+)
+UNTRAINED_ROW = "untrained backbone"
+PIXELS_ROW = "raw pixels"
+REFERENCE_NOTE = (
+    f"{UNTRAINED_ROW}: the same backbone at its random initialization (the runs' seed, "
+    "before any step).\n"
+    f"{PIXELS_ROW}: the pixels themselves (weighted kNN on the flattened evaluation images): "
+    "what a backbone must beat."
 )
 
 
@@ -92,28 +116,128 @@ def _run_all(out: Path, epochs: int, parallel: bool) -> None:
     bar.close()
 
 
+def run_config(run_dir: Path) -> Config:
+    """The resolved configuration a run saved in its ``config.yaml``."""
+    return load_config(preset=None, config_file=run_dir / "config.yaml")
+
+
+def untrained_method(cfg: Config) -> Method:
+    """The method of ``cfg`` at initialization, built as a run builds it (same seed).
+
+    The global random state is restored afterwards, so calling this changes nothing else.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_method(cfg)
+
+
+def untrained_backbone_row(cfg: Config) -> dict[str, Any]:
+    """The reference row of the runs' method at initialization, shaped like a run summary.
+
+    Prototype columns: the initial student prototypes (as the trainer's summary) and
+    the usage of the untrained teacher's argmax on the monitor images; kNN: the
+    runs' protocol (:func:`~protossl.evaluation.knn_eval.evaluate_knn`).
+    """
+    method = untrained_method(cfg)
+    measured = CollapseMonitor(monitor_images(cfg), eps=cfg.monitor.eps).measure(method)
+    usage_keys = ("usage_entropy", "usage_perplexity", "prototypes_used", "dead_prototypes")
+    return {
+        "run": UNTRAINED_ROW,
+        "reference": True,
+        "K": measured["K"],
+        "M": measured["M"],
+        "M_over_K": measured["M_over_K"],
+        "eps": cfg.monitor.eps,
+        "usage": {key: measured[key] for key in usage_keys},
+        "prototypes": summarize_prototypes(
+            method.student_prototypes().detach(), eps=cfg.monitor.eps
+        ),
+        "eval": evaluate_knn(method, cfg),
+    }
+
+
+def _flatten_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images [N, C, H, W] as pixel vectors [N, C*H*W]."""
+    return images.flatten(1)
+
+
+def raw_pixel_knn(cfg: Config) -> dict[str, float]:
+    """Weighted kNN (the runs' k and T) on the flattened evaluation-transformed pixels.
+
+    Same splits, transform and class count as :func:`~protossl.evaluation.knn_eval.evaluate_knn`.
+    """
+    transform = EvalTransform(cfg.data.image_size)
+    train = load_dataset(cfg.data.spec, "train", transform=transform)
+    test = load_dataset(cfg.data.spec, "test", transform=transform)
+    train_x, train_y = extract_features(_flatten_pixels, train)
+    test_x, test_y = extract_features(_flatten_pixels, test)
+    num_classes = max(len(train.classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
+    return knn_accuracy(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=num_classes,
+        ks=(cfg.monitor.knn_k,),
+        temperature=cfg.monitor.knn_temperature,
+    )
+
+
+def raw_pixels_row(cfg: Config) -> dict[str, Any]:
+    """The reference row of kNN on raw pixels; it has no prototypes and no training."""
+    return {"run": PIXELS_ROW, "reference": True, "eval": raw_pixel_knn(cfg)}
+
+
+def reference_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Both reference rows, for the data, model and seed of the run in ``run_dir``."""
+    cfg = run_config(run_dir)
+    return [untrained_backbone_row(cfg), raw_pixels_row(cfg)]
+
+
+TABLE_HEADER = ("run", "K", "M", "M/K", "used", "usage H", "NN median", "kNN top-1", "minutes")
+
+
+def _number(value: Any, spec: str = "") -> str:
+    """``value`` formatted with ``spec``, or "-" where it is absent."""
+    return "-" if value is None else format(value, spec)
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    """One table line; "-" for every column a row does not have (reference rows)."""
+    usage = row.get("usage", {})
+    quantiles = row.get("prototypes", {}).get("nn_distance_quantiles")
+    knn = next((v for k, v in row.get("eval", {}).items() if k.startswith("knn_top1")), None)
+    seconds = row.get("wall_time_seconds")
+    return [
+        row["run"],
+        _number(row.get("K")),
+        _number(row.get("M")),
+        _number(row.get("M_over_K"), ".3f"),
+        _number(usage.get("prototypes_used")),
+        _number(usage.get("usage_entropy"), ".2f"),
+        "-" if quantiles is None else f"{quantiles.get('q50', float('nan')):.3f}",
+        _number(knn, ".3f"),
+        "-" if seconds is None else f"{seconds / 60:.1f}",
+    ]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of the demo runs."""
-    header = ["run", "K", "M", "M/K", "used", "usage H", "NN median", "kNN top-1", "minutes"]
-    lines = [header]
-    for row in rows:
-        knn = next((v for k, v in row.get("eval", {}).items() if k.startswith("knn_top1")), None)
-        lines.append(
-            [
-                row["run"],
-                str(row["K"]),
-                str(row["M"]),
-                f"{row['M_over_K']:.3f}",
-                str(row["usage"]["prototypes_used"]),
-                f"{row['usage']['usage_entropy']:.2f}",
-                f"{row['prototypes']['nn_distance_quantiles'].get('q50', float('nan')):.3f}",
-                "-" if knn is None else f"{knn:.3f}",
-                f"{row['wall_time_seconds'] / 60:.1f}",
-            ]
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    rows_text = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(rows_text)
+    """A plain-text table of the demo runs; reference rows (``"reference": True``) come
+    last, under a rule of dashes."""
+    runs = [_cells(row) for row in rows if not row.get("reference")]
+    references = [_cells(row) for row in rows if row.get("reference")]
+    lines = [list(TABLE_HEADER), *runs, *references]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_HEADER))]
+
+    def text(line: list[str]) -> str:
+        name = line[0].ljust(widths[0])  # names left, numbers right
+        return "  ".join([name] + [c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)])
+
+    out = [text(line) for line in [list(TABLE_HEADER), *runs]]
+    if references:
+        out.append("-" * len(out[0]))
+        out += [text(line) for line in references]
+    return "\n".join(out)
 
 
 def run_demo(out: Path, epochs: int | None = None, parallel: bool = True) -> list[dict[str, Any]]:
@@ -125,15 +249,20 @@ def run_demo(out: Path, epochs: int | None = None, parallel: bool = True) -> lis
     for name in DEMO_PRESETS:
         summary = json.loads((out / name / "summary.json").read_text())
         rows.append({"run": name, **summary})
+    print("demo: measuring the reference rows (untrained backbone, raw pixels)", file=sys.stderr)
+    rows += reference_rows(out / DEMO_PRESETS[0])
     table = format_table(rows)
     total = time.perf_counter() - started
     note = (
         f"K prototypes, M unique at eps {rows[0]['eps']} (design.md), 'used' = prototypes that "
         f"are some test image's teacher argmax, usage H = entropy of that choice (nats).\n"
-        f"Both runs: same seed and steps; {epochs} epochs; total demo time {total / 60:.1f} min."
+        f"Both runs: same seed and steps; {epochs} epochs; total demo time {total / 60:.1f} min.\n"
+        f"{REFERENCE_NOTE}"
     )
     plot = plot_runs({name: out / name for name in DEMO_PRESETS}, out / "curves.png")
-    atomic_write_text(out / "summary.md", f"```\n{table}\n```\n\n{note}\n\n![curves](curves.png)\n")
+    paragraphs = note.replace("\n", "\n\n")  # one Markdown paragraph per note line
+    markdown = f"```\n{table}\n```\n\n{paragraphs}\n\n![curves](curves.png)\n"
+    atomic_write_text(out / "summary.md", markdown)
     atomic_write_text(out / "summary.json", json.dumps(rows, indent=2) + "\n")
     print(
         f"\n{table}\n\n{note}\nRun directories: {out}/dino, {out}/dino-kp; curves: {plot}",

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from protossl.config import (
@@ -398,3 +399,18 @@ def test_local_size_out_of_range_is_a_user_error(value):
 
     with pytest.raises(UserError, match="data.local_size"):
         load_config("dino", overrides=[f"data.local_size={value}"])
+
+
+def test_optimizer_is_validated_and_built_with_dino_groups() -> None:
+    from protossl.engine.optimizers import SGD_MOMENTUM, build_optimizer
+
+    with pytest.raises(UserError, match="optim.optimizer must be one of adamw, sgd"):
+        load_config("dino", overrides=["optim.optimizer=lamb"])
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    sgd = build_optimizer("sgd", net)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.param_groups[0]["momentum"] == SGD_MOMENTUM
+    # Decayed group: the Linear weight only; biases and BatchNorm parameters never decay.
+    assert [p.shape for p in sgd.param_groups[0]["params"]] == [torch.Size([3, 4])]
+    assert len(sgd.param_groups[1]["params"]) == 3 and sgd.param_groups[1]["weight_decay"] == 0
+    assert isinstance(build_optimizer("adamw", net), torch.optim.AdamW)

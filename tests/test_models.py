@@ -68,3 +68,23 @@ def test_dropped_patches_ignore_their_pixels_and_order_is_kept(vit: ViTBackbone)
 def test_bad_mask_shape(vit: ViTBackbone) -> None:
     with pytest.raises(ValueError, match="mask must have shape"):
         vit.forward_tokens(torch.randn(2, 3, 16, 16), mask=torch.zeros(2, 16, dtype=torch.bool))
+
+
+def test_cnn_tiny_matches_its_definition_and_takes_any_size() -> None:
+    # Independent forward: conv3x3 (stride 1, 2, 1) + batch-stat BatchNorm + ReLU, mean pool.
+    torch.manual_seed(0)
+    net = build_backbone("cnn_tiny", image_size=8)
+    net.train()
+    x = torch.randn(5, 3, 8, 8)
+    h = x
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for conv, norm, stride in zip(convs, norms, (1, 2, 1), strict=True):
+        h = torch.nn.functional.conv2d(h, conv.weight, stride=stride, padding=1)
+        mean = h.mean(dim=(0, 2, 3), keepdim=True)
+        var = h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        h = torch.relu((h - mean) / torch.sqrt(var + norm.eps))
+    expected = h.mean(dim=(2, 3))
+    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
+    assert net.embed_dim == 128
+    assert net(torch.randn(3, 3, 4, 4)).shape == (3, 128)  # local crops of 4 px

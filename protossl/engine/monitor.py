@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from protossl.config import Config
+from protossl.data import EvalTransform, load_dataset
 from protossl.diagnostics import (
     count_unique_prototypes,
     distance_quantiles,
@@ -141,3 +143,16 @@ def _target_entropy(method: Method, logits: torch.Tensor) -> float:
         return math.nan
     targets = builder.targets(logits, float(temp)).double()
     return float(-torch.special.xlogy(targets, targets).sum(dim=-1).mean())
+
+
+def monitor_images(cfg: Config) -> torch.Tensor:
+    """The fixed test images a run's collapse monitor measures usage on.
+
+    A seed-0 random subset of ``monitor.monitor_samples`` test images: folder test
+    splits are sorted by class, so the first images would all be one class and the
+    usage statistics meaningless.
+    """
+    test_set = load_dataset(cfg.data.spec, "test", transform=EvalTransform(cfg.data.image_size))
+    count = min(len(test_set), cfg.monitor.monitor_samples)
+    order = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))
+    return torch.stack([test_set[int(i)][0] for i in order[:count]])

@@ -45,7 +45,7 @@ from protossl.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint_atomic,
 )
-from protossl.engine.monitor import CollapseMonitor
+from protossl.engine.monitor import CollapseMonitor, monitor_images
 from protossl.engine.optimizers import build_optimizer
 from protossl.engine.plateau import PlateauDetector
 from protossl.engine.runtime import Runtime
@@ -215,12 +215,7 @@ class Trainer:
         return EvalTransform(self.cfg.data.image_size)
 
     def _monitor_images(self) -> torch.Tensor:
-        test_set = load_dataset(self.cfg.data.spec, "test", transform=self._eval_transform())
-        count = min(len(test_set), self.cfg.monitor.monitor_samples)
-        # A fixed random subset: folder test splits are sorted by class, so the first
-        # images would all be one class and the usage statistics meaningless.
-        order = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))
-        return torch.stack([test_set[int(i)][0] for i in order[:count]])
+        return monitor_images(self.cfg)
 
     def _restore(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
