@@ -26,14 +26,11 @@ import torch
 from tqdm import tqdm
 
 from protossl.config import Config, load_config
-from protossl.data import EvalTransform, load_dataset
 from protossl.diagnostics import summarize_prototypes
 from protossl.engine.checkpoint import atomic_write_text
 from protossl.engine.monitor import CollapseMonitor, monitor_images
 from protossl.errors import UserError
-from protossl.evaluation.features import extract_features
-from protossl.evaluation.knn import knn_accuracy
-from protossl.evaluation.knn_eval import evaluate_knn
+from protossl.evaluation.knn_eval import evaluate_knn, knn_of_features
 from protossl.methods import Method, build_method
 from protossl.reports.curves import plot_runs
 
@@ -166,21 +163,7 @@ def raw_pixel_knn(cfg: Config) -> dict[str, float]:
 
     Same splits, transform and class count as :func:`~protossl.evaluation.knn_eval.evaluate_knn`.
     """
-    transform = EvalTransform(cfg.data.image_size)
-    train = load_dataset(cfg.data.spec, "train", transform=transform)
-    test = load_dataset(cfg.data.spec, "test", transform=transform)
-    train_x, train_y = extract_features(_flatten_pixels, train)
-    test_x, test_y = extract_features(_flatten_pixels, test)
-    num_classes = max(len(train.classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
-    return knn_accuracy(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        num_classes=num_classes,
-        ks=(cfg.monitor.knn_k,),
-        temperature=cfg.monitor.knn_temperature,
-    )
+    return knn_of_features(_flatten_pixels, cfg)
 
 
 def raw_pixels_row(cfg: Config) -> dict[str, Any]:

@@ -11,6 +11,10 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+
 from protossl.config import Config
 from protossl.data import EvalTransform, ImageDataset, load_dataset
 from protossl.errors import UserError
@@ -27,6 +31,22 @@ def evaluate_knn(
     progress: bool = False,
 ) -> dict[str, float]:
     """Weighted kNN (DINO: k=20, T=0.07) on the teacher backbone's frozen features."""
+    was_training = method.training
+    method.eval()
+    try:
+        return knn_of_features(method.teacher_features, cfg, train_spec, test_spec, progress)
+    finally:
+        method.train(was_training)
+
+
+def knn_of_features(
+    features: Callable[[torch.Tensor], torch.Tensor],
+    cfg: Config,
+    train_spec: str | None = None,
+    test_spec: str | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """The same protocol for any map from evaluation images to features (e.g. raw pixels)."""
     transform = EvalTransform(cfg.data.image_size)
     train: ImageDataset = load_dataset(train_spec or cfg.data.spec, "train", transform=transform)
     test: ImageDataset = load_dataset(
@@ -37,13 +57,8 @@ def evaluate_knn(
             f"the kNN bank and the test set have different classes ({len(train.classes)} vs "
             f"{len(test.classes)}); give --test-data with the same class folders"
         )
-    was_training = method.training
-    method.eval()
-    try:
-        train_x, train_y = extract_features(method.teacher_features, train, progress=progress)
-        test_x, test_y = extract_features(method.teacher_features, test, progress=progress)
-    finally:
-        method.train(was_training)
+    train_x, train_y = extract_features(features, train, progress=progress)
+    test_x, test_y = extract_features(features, test, progress=progress)
     num_classes = max(len(train.classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
     return knn_accuracy(
         train_x,
