@@ -423,13 +423,39 @@ def _images_loaded(browser: str, page: Path, profile: Path) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
-@pytest.mark.skipif(
-    _chromium() is None,
-    reason="chromium is not installed (Debian: apt-get install chromium); browser check skipped",
-)
-def test_every_image_loads_in_headless_chromium(sweep_report: Path, tmp_path: Path) -> None:
+def _chromium_or_skip() -> str:
+    """The browser, or a skip on a developer machine without one; never a skip under CI."""
     browser = _chromium()
-    assert browser is not None
+    if browser is None:
+        if os.environ.get("CI"):
+            # .ci/run installs Debian's chromium; a CI without it would hide a broken page.
+            pytest.fail(
+                "chromium is missing under CI (.ci/run installs it: apt-get install chromium)"
+            )
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    return browser
+
+
+def test_missing_browser_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="missing under CI"):
+        _chromium_or_skip()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        _chromium_or_skip()
+
+
+def _artifacts_dir() -> Path:
+    """Where the tests leave files for a person to look at (PROTOSSL_TEST_ARTIFACTS)."""
+    default = Path(__file__).resolve().parents[1] / ".test-artifacts"
+    return Path(os.environ.get("PROTOSSL_TEST_ARTIFACTS", default))
+
+
+def test_every_image_loads_in_headless_chromium(sweep_report: Path, tmp_path: Path) -> None:
+    browser = _chromium_or_skip()
     # Copy only the page elsewhere: self-contained means it needs nothing beside it.
     expected = len(list(sweep_report.parent.glob("*.png")))
     html = sweep_report.read_text()
@@ -442,6 +468,40 @@ def test_every_image_loads_in_headless_chromium(sweep_report: Path, tmp_path: Pa
     bad = '<img src="data:image/png;base64,AAAA" alt="broken">'
     broken.write_text(html.replace("</body>", bad + _PROBE + "</body>"))
     assert _images_loaded(browser, broken, tmp_path / "profile") == (expected + 1, expected)
+
+
+def test_report_screenshot_in_headless_chromium(sweep_report: Path, tmp_path: Path) -> None:
+    # A picture of the page as a reader sees it, kept as a test artifact.
+    browser = _chromium_or_skip()
+    shot = _artifacts_dir() / "report_screenshot.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
+    flags = ["--headless", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        flags.append("--no-sandbox")
+    done = subprocess.run(
+        [
+            browser,
+            *flags,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1280,1600",
+            "--virtual-time-budget=5000",
+            f"--screenshot={shot}",
+            sweep_report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shot.is_file(), f"no screenshot (exit {done.returncode}): {done.stderr[-500:]}"
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.format == "PNG" and image.size == (1280, 1600)
+        # Not a blank page: a rendered report has text and figures, so many colours.
+        rgb = image.convert("RGB")
+        colours = rgb.getcolors(maxcolors=rgb.width * rgb.height)
+        assert colours is not None and len(colours) > 50
 
 
 def test_demo_folder_is_a_collection_of_runs_not_one_run(tmp_path: Path) -> None:
