@@ -14,7 +14,9 @@ checkpoint every N epochs). For each run, two tables, both read from files the r
 Usage:
     python benchmarks/collapse_trends.py sweeps_out/digits_collapse/dino_seed-0 \
         sweeps_out/digits_collapse/dino-kp_seed-0 [--write docs/collapse.md]
-The tables go to stdout, and with ``--write`` between the ``collapse:trends`` markers.
+The tables go to stdout, and with ``--write`` between the ``collapse:trends`` markers
+(``--marker cifar10``: the ``collapse:cifar10`` ones); ``--eps`` sets the uniqueness
+curve's points (default 0.05,0.1,0.2,0.3,0.5).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from protossl.diagnostics import summarize_prototypes  # noqa: E402
 from protossl.diagnostics.checkpoints import read_prototype_heads  # noqa: E402
 
 CURVE_EPS = (0.05, 0.1, 0.2, 0.3, 0.5)
-START, END = "<!-- collapse:trends:start -->", "<!-- collapse:trends:end -->"
 
 
 def epoch_table(run: Path, rows: int = 7) -> list[str]:
@@ -58,20 +59,20 @@ def _epoch_of(path: Path) -> int:
     return int(found.group(1)) if found else 10**9
 
 
-def checkpoint_table(run: Path) -> list[str]:
+def checkpoint_table(run: Path, eps_grid: tuple[float, ...] = CURVE_EPS) -> list[str]:
     files = sorted((run / "checkpoints").glob("epoch_*.pt"), key=_epoch_of)
     files.append(run / "checkpoints" / "last.pt")
-    header = " | ".join(f"M @ {e}" for e in CURVE_EPS)
+    header = " | ".join(f"M @ {e}" for e in eps_grid)
     lines = [
         f"| checkpoint | K | {header} | NN min | NN q10 |",
-        "|---|---:|" + "---:|" * (len(CURVE_EPS) + 2),
+        "|---|---:|" + "---:|" * (len(eps_grid) + 2),
     ]
     for file in files:
         _, heads = read_prototype_heads(file)
-        summary = summarize_prototypes(heads["student"], eps_grid=CURVE_EPS)
+        summary = summarize_prototypes(heads["student"], eps_grid=eps_grid)
         curve = dict((round(e, 4), m) for e, m in summary["uniqueness_curve"])
         q = summary["nn_distance_quantiles"]
-        cells = " | ".join(str(curve[round(e, 4)]) for e in CURVE_EPS)
+        cells = " | ".join(str(curve[round(e, 4)]) for e in eps_grid)
         lines.append(f"| {file.name} | {summary['K']} | {cells} | {q['q0']:.3f} | {q['q10']:.3f} |")
     return lines
 
@@ -79,19 +80,24 @@ def checkpoint_table(run: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
-    parser.add_argument("--write", type=Path, help="Markdown file with the collapse:trends markers")
+    parser.add_argument("--write", type=Path, help="Markdown file with the collapse markers")
+    parser.add_argument("--marker", default="trends", help="marker name: collapse:NAME:start")
+    parser.add_argument("--eps", default=",".join(str(e) for e in CURVE_EPS))
     args = parser.parse_args()
+    eps_grid = tuple(float(e) for e in args.eps.split(","))
     blocks = []
     for run in args.runs:
         blocks += [f"**{run.name}**, per epoch (`metrics.jsonl`):", "", *epoch_table(run), ""]
-        blocks += ["Student prototypes per checkpoint:", "", *checkpoint_table(run), ""]
+        blocks += ["Student prototypes per checkpoint:", "", *checkpoint_table(run, eps_grid), ""]
     text = "\n".join(blocks)
     print(text)
     if args.write:
+        start = f"<!-- collapse:{args.marker}:start -->"
+        end = f"<!-- collapse:{args.marker}:end -->"
         doc = args.write.read_text()
-        head, rest = doc.split(START, 1)
-        _, tail = rest.split(END, 1)
-        args.write.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+        head, rest = doc.split(start, 1)
+        _, tail = rest.split(end, 1)
+        args.write.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 if __name__ == "__main__":
