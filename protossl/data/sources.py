@@ -33,7 +33,7 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from protossl.data.image_modes import to_rgb
 from protossl.errors import UserError
 
 Split = Literal["train", "test"]
@@ -326,6 +327,10 @@ class ImageDataset(torch.utils.data.Dataset):
         self.classes: list[str] = list(classes)
         self.transform = transform
         self.skipped_files: list[str] = list(skipped_files)
+        self.num_listed = len(self.targets) + len(self.skipped_files)  # before any subset
+        # Set by the folder loader: unreadable folders, and paths that reached a listed file.
+        self.skipped_folders: list[str] = []
+        self.duplicate_paths: list[str] = []
         self._undecodable: set[int] = set()
 
     @classmethod
@@ -380,7 +385,7 @@ class ImageDataset(torch.utils.data.Dataset):
         path = self._files[i]
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                return to_rgb(image)
         except Exception:  # any decode failure: skip this file, never crash the epoch
             self._undecodable.add(i)
             warnings.warn(
@@ -405,7 +410,27 @@ class ImageDataset(torch.utils.data.Dataset):
         else:
             samples = [self._files[i] for i in indices]
         targets = [self.targets[i] for i in indices]
-        return ImageDataset(samples, targets, self.classes, self.transform, self.skipped_files)
+        part = ImageDataset(samples, targets, self.classes, self.transform, self.skipped_files)
+        part.num_listed = self.num_listed
+        part.skipped_folders = list(self.skipped_folders)
+        part.duplicate_paths = list(self.duplicate_paths)
+        return part
+
+    def listing_counts(self) -> dict[str, int]:
+        """How many images were listed, skipped as unreadable and used, for summaries.
+
+        Example:
+            >>> import numpy as np
+            >>> ImageDataset(np.zeros((3, 2, 2), np.uint8), [0, 0, 1], ["a", "b"]).listing_counts()
+            {'listed': 3, 'unreadable': 0, 'used': 3, 'unreadable_folders': 0, 'duplicates': 0}
+        """
+        return {
+            "listed": self.num_listed,
+            "unreadable": self.num_skipped,
+            "used": len(self),
+            "unreadable_folders": len(self.skipped_folders),
+            "duplicates": len(self.duplicate_paths),
+        }
 
     def class_counts(self) -> list[int]:
         """Number of items per class, indexed like ``classes``."""
@@ -513,19 +538,26 @@ def _load_folder(path: str, split: Split, transform: Transform | None) -> ImageD
     split_dir = _split_folder(root, split)
     if split_dir is not None:
         classes = sorted(set(_subfolders(root / "train")) | set(_subfolders(split_dir)))
-        paths, targets = _list_images(split_dir, classes)
-        _require_images(split_dir, paths)
-        return ImageDataset.from_files(paths, targets, classes, transform)
-    classes = _subfolders(root)
-    paths, targets = _list_images(root, classes)
-    _require_images(root, paths)
-    # Split on the full listing, before any file is dropped, so that a file turning bad
-    # never moves other files between train and test.
-    train, test = stratified_split(targets)
-    chosen = train if split == "train" else test
-    return ImageDataset.from_files(
-        [paths[i] for i in chosen], [targets[i] for i in chosen], classes, transform
-    )
+        listing = _list_images(split_dir, classes)
+        _require_images(split_dir, listing.paths)
+        dataset = ImageDataset.from_files(listing.paths, listing.targets, classes, transform)
+    else:
+        classes = _subfolders(root)
+        listing = _list_images(root, classes)
+        _require_images(root, listing.paths)
+        # Split on the full listing, before any file is dropped, so that a file turning bad
+        # never moves other files between train and test.
+        train, test = stratified_split(listing.targets)
+        chosen = train if split == "train" else test
+        dataset = ImageDataset.from_files(
+            [listing.paths[i] for i in chosen],
+            [listing.targets[i] for i in chosen],
+            classes,
+            transform,
+        )
+    dataset.skipped_folders = list(listing.unreadable_folders)
+    dataset.duplicate_paths = list(listing.duplicates)
+    return dataset
 
 
 def _split_folder(root: Path, split: Split) -> Path | None:
@@ -549,19 +581,76 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _list_images(root: Path, classes: Sequence[str]) -> tuple[list[str], list[int]]:
+@dataclass
+class FolderListing:
+    """What walking an ImageFolder tree found: the images and what it left out.
+
+    Directory links are followed (data sets are often linked into place), but every real
+    folder is entered once and every real file listed once, under the first class and path
+    that reach it in sorted order, so a link loop or a linked copy never multiplies images.
+    """
+
+    paths: list[str] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+    unreadable_folders: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # paths that reach a listed file
+
+
+def _list_images(root: Path, classes: Sequence[str]) -> FolderListing:
     """All image files under ``root/<class>/`` (recursively), sorted, with class indices."""
-    paths: list[str] = []
-    targets: list[int] = []
+    listing = FolderListing()
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
+
+    def unreadable(error: OSError) -> None:
+        listing.unreadable_folders.append(str(error.filename or error))
+
     for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+        if not (root / name).is_dir():  # a class of the other split only: nothing to list
+            continue
+        for dirpath, dirnames, filenames in os.walk(
+            root / name, followlinks=True, onerror=unreadable
+        ):
+            real_dir = os.path.realpath(dirpath)
+            if real_dir in seen_dirs:  # a loop, or a second link to a folder already walked
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real_dir)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             # Hidden files (e.g. macOS "._x.jpg" resource forks) are not images.
             for filename in sorted(filenames):
-                if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(dirpath, filename))
-                    targets.append(label)
-    return paths, targets
+                if filename.startswith(".") or not filename.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                path = os.path.join(dirpath, filename)
+                real = os.path.realpath(path)
+                if real in seen_files:
+                    listing.duplicates.append(path)
+                    continue
+                seen_files.add(real)
+                listing.paths.append(path)
+                listing.targets.append(label)
+    _warn_listing(root, listing)
+    return listing
+
+
+def _warn_listing(root: Path, listing: FolderListing) -> None:
+    if listing.unreadable_folders:
+        named = ", ".join(listing.unreadable_folders[:_MAX_NAMED_FILES])
+        more = len(listing.unreadable_folders) - _MAX_NAMED_FILES
+        suffix = f" and {more} more" if more > 0 else ""
+        warnings.warn(
+            f"skipped {len(listing.unreadable_folders)} unreadable folder(s) under {root}: "
+            f"{named}{suffix}; their images are not used (check the permissions)",
+            CorruptImageWarning,
+            stacklevel=4,
+        )
+    if listing.duplicates:
+        warnings.warn(
+            f"{len(listing.duplicates)} image path(s) under {root} reach a file already listed "
+            f"through a link (e.g. {listing.duplicates[0]}); each file is used once",
+            CorruptImageWarning,
+            stacklevel=4,
+        )
 
 
 def _require_images(folder: Path, paths: Sequence[str]) -> None:

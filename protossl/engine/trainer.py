@@ -490,6 +490,7 @@ class Trainer:
                 self.method.student_prototypes().detach(), eps=self.cfg.monitor.eps
             ),
             "skipped_files": self.train_set.num_skipped,
+            "images": self.train_set.listing_counts(),
             "wall_time_seconds": self.elapsed_before,
             "versions": _versions(),
         }
