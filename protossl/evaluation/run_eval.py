@@ -40,6 +40,7 @@ from protossl.evaluation.cache import FeatureCache, dataset_fingerprint, feature
 from protossl.evaluation.clustering import argmax_clusters, cluster_metrics
 from protossl.evaluation.features import FEATURE_KINDS, extract_features, feature_encoder
 from protossl.evaluation.fewshot import DEFAULT_DRAWS, DEFAULT_SHOTS, few_shot_accuracy
+from protossl.evaluation.finite import require_finite_features, require_finite_weights
 from protossl.evaluation.knn import knn_accuracy, knn_classify
 from protossl.evaluation.linear import LinearProbe, linear_probe
 from protossl.evaluation.longtail import group_accuracy
@@ -95,6 +96,7 @@ def _load_method(run: str | Path) -> _Loaded:
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{file}: weights do not match its config ({first})") from None
+    require_finite_weights(method, file)
     method.eval()
     return _Loaded(method, cfg, file)
 
@@ -171,7 +173,11 @@ class _Extractor:
             kind,
         )
         meta = {"checkpoint": str(self.loaded.file), "spec": spec, "split": split, "kind": kind}
-        return self.cache.get_or_compute(key, lambda: self._compute(dataset, split, kind), meta)
+        out = self.cache.get_or_compute(key, lambda: self._compute(dataset, split, kind), meta)
+        # Checked after the cache too: an entry written before this check existed counts.
+        label = "prototype logits" if kind == "logits" else f"{kind} features"
+        require_finite_features(out[0], f"{label} of the {split} split", dataset.files)
+        return out
 
     def _compute(
         self, dataset: ImageDataset, split: str, kind: str

@@ -39,6 +39,7 @@ from protossl.engine.checkpoint import load_checkpoint
 from protossl.errors import UserError
 from protossl.evaluation.cache import FeatureCache, dataset_fingerprint, feature_key, file_digest
 from protossl.evaluation.features import extract_features, feature_encoder
+from protossl.evaluation.finite import require_finite_features, require_finite_weights
 from protossl.methods import Method, build_method
 from protossl.reports.embedding import subsample_indices
 from protossl.reports.runs import RunRecord
@@ -99,6 +100,7 @@ def load_method(checkpoint: Path) -> Method:
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{checkpoint}: weights do not match its config ({first})") from None
+    require_finite_weights(method, checkpoint)
     return method.eval()
 
 
@@ -168,6 +170,8 @@ def _probe_test(
         )
     features, labels = out["backbone"]
     logits, _ = out["logits"]
+    require_finite_features(features, "backbone features of the test split", dataset.files)
+    require_finite_features(logits, "prototype logits of the test split", dataset.files)
     assignments = logits.argmax(dim=1)
     return TestProbe(
         features=features.numpy().astype(np.float32),

@@ -45,7 +45,7 @@ from protossl.reports.html import Figure, Section, Table, render_page
 from protossl.reports.probe import RunProbe, probe_run
 from protossl.reports.runs import RunRecord, discover_runs, failed_rows, group_twins
 
-__all__ = ["ReportOptions", "m_vs_k_points", "run_table", "write_report"]
+__all__ = ["ReportIncomplete", "ReportOptions", "m_vs_k_points", "run_table", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,15 @@ class _RunResult:
     notes: list[str] = field(default_factory=list)
     proto_map: plots.ProtoMap | None = None
     curve: list[tuple[float, int]] = field(default_factory=list)
+    unread: str | None = None  # why an input this run should show could not be read
+
+
+class ReportIncomplete(UserError):
+    """The page was written, but some run's checkpoint or test images could not be read.
+
+    Raised after ``index.html`` is on disk (it shows everything else and notes what is
+    missing), so the command still ends with one line and exit status 2.
+    """
 
 
 def m_vs_k_points(runs: Sequence[RunRecord]) -> list[plots.MKPoint]:
@@ -232,6 +241,7 @@ def _run_pass(run: RunRecord, out: Path, options: ReportOptions) -> _RunResult:
         )
     except UserError as exc:
         result.notes.append(f"checkpoint not usable: {exc}")
+        result.unread = f"checkpoint not usable: {exc}"
         return result
     if probe is None:
         result.notes.append("no checkpoints/last.pt: no maps, usage or example images")
@@ -241,6 +251,7 @@ def _run_pass(run: RunRecord, out: Path, options: ReportOptions) -> _RunResult:
         result.curve = uniqueness_curve(torch.from_numpy(probe.directions))
     if probe.test is None:
         result.notes.append(probe.note or "no test images")
+        result.unread = probe.note or "no test images"
     else:
         result.figures = _test_figures(run, probe, out, options)
     return result
@@ -271,6 +282,8 @@ def write_report(
     Raises:
         UserError: if ``path`` does not exist or holds no run, or ``results_md`` is asked
             for a folder without ``results.json``.
+        ReportIncomplete: after the page is written, when a run's checkpoint or its test
+            images could not be read (the page notes which).
     """
     from protossl.reports.results_table import results_markdown, results_sections
 
@@ -357,6 +370,12 @@ def write_report(
     page = render_page(f"protossl report: {root.resolve().name}", sections, out)
     index = out / "index.html"
     atomic_write_text(index, page)
+    unread = [f"{name} ({result.unread})" for name, result in results.items() if result.unread]
+    if unread:
+        raise ReportIncomplete(
+            f"report written to {index}, but {len(unread)} run(s) could not be read: "
+            + "; ".join(unread)
+        )
     return index
 
 
