@@ -51,6 +51,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +64,7 @@ import yaml
 
 from protossl.config import available_presets, load_config
 from protossl.engine.checkpoint import atomic_write_text
+from protossl.engine.run_folder import FolderLock, die_with_parent, write_marker
 from protossl.errors import UserError
 
 EVAL_KEYS = ("data", "test_data", "protocols", "features", "device")
@@ -501,13 +503,34 @@ def _launch(slot: _Slot) -> bool:
     slot.step, slot.proc = step, None
     if step is None:
         return False
-    step.log.parent.mkdir(parents=True, exist_ok=True)
+    # The marker first: the run folder is protossl's before train.log is written into it.
+    write_marker(step.log.parent)
     with step.log.open("ab") as log:
         slot.offset = log.tell()
         log.write(f"$ {' '.join(step.command)}\n".encode())
         log.flush()
-        slot.proc = subprocess.Popen(step.command, stdout=log, stderr=log, env=step.env)
+        slot.proc = subprocess.Popen(
+            step.command, stdout=log, stderr=log, env=step.env, preexec_fn=die_with_parent
+        )
     return True
+
+
+def _stop_children(slots: dict[str, _Slot], grace: float = 10.0) -> None:
+    """Terminate every running child, then kill those still alive after ``grace`` s."""
+    procs = [s.proc for s in slots.values() if s.proc is not None and s.proc.poll() is None]
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def run_sweep(
@@ -520,9 +543,27 @@ def run_sweep(
     """Train and evaluate every grid point not yet finished; returns the collected rows."""
     runs = load_sweep(path)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose a folder")
     if jobs < 1:
         raise UserError("--jobs must be >= 1")
+    # One sweep process per folder; its children die with it (signals below, and
+    # die_with_parent for a SIGKILL), so a restarted sweep never runs beside an orphan.
+    with FolderLock(out, "sweep folder"):
+        previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        try:
+            return _run_sweep(runs, out, jobs, gpus, echo)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_sweep(
+    runs: list[SweepRun],
+    out: Path,
+    jobs: int,
+    gpus: list[str] | None,
+    echo: Callable[[str], None],
+) -> list[dict[str, Any]]:
     todo = [r for r in runs if has_work(r, out / r.name)]
     eval_only = sum(1 for r in todo if run_status(out / r.name) == "done")
     line = f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run"
@@ -535,54 +576,60 @@ def run_sweep(
     started = time.perf_counter()
     pending = list(todo)
     finished = 0
-    while pending or slots:
-        while pending and len(slots) < jobs and (not gpus or free_gpus):
-            run = pending.pop(0)
-            gpu = free_gpus.pop(0) if gpus else None
-            slot = _Slot(run, _steps(run, out / run.name, gpu), gpu, time.perf_counter())
-            slots[run.name] = slot
-            if _launch(slot):
-                assert slot.step is not None
-                how = {"train": "started", "resumed": "resumed"}.get(slot.step.kind, "evaluating")
-                echo(f"[{finished + len(slots)}/{len(todo)}] {run.name}: {how}")
-        time.sleep(0.5)
-        for name, slot in list(slots.items()):
-            if slot.proc is not None and slot.proc.poll() is None:
-                continue
-            if slot.proc is not None and slot.step is not None:
-                step = slot.step
-                if slot.proc.returncode != 0:
-                    message = _last_error_line(step.log, slot.offset)
-                    if step.kind in ("train", "resumed"):
-                        errors[name] = message
-                        slot.steps = iter(())  # nothing to evaluate
-                    else:
-                        eval_errors.setdefault(name, []).append(f"{step.kind}: {message}")
-                        echo(f"{name}: {step.kind} FAILED: {message}")
+    try:
+        while pending or slots:
+            while pending and len(slots) < jobs and (not gpus or free_gpus):
+                run = pending.pop(0)
+                gpu = free_gpus.pop(0) if gpus else None
+                slot = _Slot(run, _steps(run, out / run.name, gpu), gpu, time.perf_counter())
+                slots[run.name] = slot
                 if _launch(slot):
                     assert slot.step is not None
-                    echo(f"{name}: {slot.step.kind}")
+                    how = {"train": "started", "resumed": "resumed"}.get(
+                        slot.step.kind, "evaluating"
+                    )
+                    echo(f"[{finished + len(slots)}/{len(todo)}] {run.name}: {how}")
+            time.sleep(0.5)
+            for name, slot in list(slots.items()):
+                if slot.proc is not None and slot.proc.poll() is None:
                     continue
-            del slots[name]
-            if slot.gpu is not None:
-                free_gpus.append(slot.gpu)
-            finished += 1
-            seconds = time.perf_counter() - slot.begun
-            if name in errors:
-                state = f"FAILED: {errors[name]}"
-            elif name in eval_errors:
-                state = f"trained, {len(eval_errors[name])} evaluation(s) FAILED"
-            else:
-                durations.append(seconds)
-                state = "done"
-            left = len(todo) - finished
-            mean = sum(durations) / len(durations) if durations else seconds
-            eta = mean * left / max(jobs, 1)
-            echo(
-                f"[{finished}/{len(todo)}] {name}: {state} in {seconds / 60:.1f} min; "
-                f"elapsed {(time.perf_counter() - started) / 60:.1f} min, ETA {eta / 60:.1f} min"
-            )
-            collect(runs, out, errors, eval_errors)
+                if slot.proc is not None and slot.step is not None:
+                    step = slot.step
+                    if slot.proc.returncode != 0:
+                        message = _last_error_line(step.log, slot.offset)
+                        if step.kind in ("train", "resumed"):
+                            errors[name] = message
+                            slot.steps = iter(())  # nothing to evaluate
+                        else:
+                            eval_errors.setdefault(name, []).append(f"{step.kind}: {message}")
+                            echo(f"{name}: {step.kind} FAILED: {message}")
+                    if _launch(slot):
+                        assert slot.step is not None
+                        echo(f"{name}: {slot.step.kind}")
+                        continue
+                del slots[name]
+                if slot.gpu is not None:
+                    free_gpus.append(slot.gpu)
+                finished += 1
+                seconds = time.perf_counter() - slot.begun
+                if name in errors:
+                    state = f"FAILED: {errors[name]}"
+                elif name in eval_errors:
+                    state = f"trained, {len(eval_errors[name])} evaluation(s) FAILED"
+                else:
+                    durations.append(seconds)
+                    state = "done"
+                left = len(todo) - finished
+                mean = sum(durations) / len(durations) if durations else seconds
+                eta = mean * left / max(jobs, 1)
+                elapsed = (time.perf_counter() - started) / 60
+                echo(
+                    f"[{finished}/{len(todo)}] {name}: {state} in {seconds / 60:.1f} min; "
+                    f"elapsed {elapsed:.1f} min, ETA {eta / 60:.1f} min"
+                )
+                collect(runs, out, errors, eval_errors)
+    finally:  # Ctrl-C, SIGTERM or a crash: no child outlives the sweep
+        _stop_children(slots)
     rows = collect(runs, out, errors, eval_errors)
     failed = sum(1 for r in rows if r["status"] == "failed")
     echo(f"sweep: {len(rows) - failed} finished, {failed} failed -> {out / 'results.csv'}")

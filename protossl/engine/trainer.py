@@ -48,6 +48,7 @@ from protossl.engine.checkpoint import (
 from protossl.engine.monitor import CollapseMonitor, monitor_images
 from protossl.engine.optimizers import build_optimizer
 from protossl.engine.plateau import PlateauDetector
+from protossl.engine.run_folder import FolderLock, check_owned, claim_run_folder
 from protossl.engine.runtime import Runtime
 from protossl.engine.schedules import cosine_schedule, linear_warmup_schedule
 from protossl.errors import UserError
@@ -176,6 +177,7 @@ class Trainer:
         # Under torchrun: join the process group (gloo on CPU, nccl on GPU). A single
         # process never touches torch.distributed.
         distributed.init_from_environment()
+        check_owned(self.paths.root)  # never a folder that is not protossl's
         if cfg.data.batch_size % distributed.world_size():
             raise UserError(
                 f"data.batch_size ({cfg.data.batch_size}) is the global batch and must be "
@@ -208,6 +210,9 @@ class Trainer:
         self.elapsed_before = 0.0
         if self._checkpoint is not None:
             self._restore(self._checkpoint)
+        # Last, so that a configuration or data error creates no run folder: one writer per
+        # run folder from here to the end of fit (rank 0 writes, the others only read).
+        self._lock = claim_run_folder(self.paths.root) if distributed.is_main_process() else None
 
     # ------------------------------------------------------------------ set-up
 
@@ -329,7 +334,25 @@ class Trainer:
         return terms
 
     def fit(self, stop_after_epochs: int | None = None) -> dict[str, Any]:
-        """Train to the end (or pause after ``stop_after_epochs`` epochs); returns the summary."""
+        """Train to the end (or pause after ``stop_after_epochs`` epochs); returns the summary.
+
+        The run folder's lock is held from construction to the end of ``fit`` (taken
+        again if ``fit`` is called once more), then released for the next writer.
+        """
+        if self._lock is None and distributed.is_main_process():
+            self._lock = FolderLock(self.paths.root)
+        try:
+            return self._fit(stop_after_epochs)
+        finally:
+            self.release_folder()
+
+    def release_folder(self) -> None:
+        """Drop the run folder's lock (``fit`` does it when it returns or fails)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _fit(self, stop_after_epochs: int | None) -> dict[str, Any]:
         main = distributed.is_main_process()
         if main:
             self.paths.checkpoints.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from protossl.config import Config, config_from_dict
 from protossl.data import EvalTransform, ImageDataset, load_dataset, parse_data_spec
 from protossl.diagnostics.checkpoints import resolve_checkpoint_path
 from protossl.engine.checkpoint import atomic_write_text, load_checkpoint
+from protossl.engine.run_folder import FolderLock
 from protossl.errors import UserError
 from protossl.evaluation.cache import FeatureCache, dataset_fingerprint, feature_key, file_digest
 from protossl.evaluation.clustering import argmax_clusters, cluster_metrics
@@ -308,53 +310,55 @@ def evaluate_run(
     run_path = Path(run)
     loaded = _load_method(run_path)
     summary = _read_summary(run_path)
-    target = torch.device(_resolve_device(device))
-    # Everything that can fail on user input is checked before any file is written.
-    transform = EvalTransform(loaded.cfg.data.image_size)
-    train_spec = str(parse_data_spec(data))
-    test_spec = str(parse_data_spec(test_data or data))
-    need_train = any(p in _NEED_TRAIN for p in chosen)
-    train_set = load_dataset(train_spec, "train", transform=transform) if need_train else None
-    test_set = load_dataset(test_spec, "test", transform=transform)
-    if train_set is not None and train_set.classes != test_set.classes:
-        raise UserError(
-            f"the train data ({len(train_set.classes)} classes) and the test data "
-            f"({len(test_set.classes)} classes) have different class lists; give --test-data "
-            "with the same class folders"
-        )
-    num_classes = len(test_set.classes)
-    directory = None
-    if cache:
-        directory = Path(cache_dir) if cache_dir else _default_cache_dir(run_path, loaded.file)
-    feature_cache = FeatureCache(directory)
-    extract = _Extractor(loaded, feature_cache, target, batch_size, progress)
+    # Recording into a run's summary.json makes this process a writer of the run folder.
+    with FolderLock(run_path) if summary is not None else contextlib.nullcontext():
+        target = torch.device(_resolve_device(device))
+        # Everything that can fail on user input is checked before any file is written.
+        transform = EvalTransform(loaded.cfg.data.image_size)
+        train_spec = str(parse_data_spec(data))
+        test_spec = str(parse_data_spec(test_data or data))
+        need_train = any(p in _NEED_TRAIN for p in chosen)
+        train_set = load_dataset(train_spec, "train", transform=transform) if need_train else None
+        test_set = load_dataset(test_spec, "test", transform=transform)
+        if train_set is not None and train_set.classes != test_set.classes:
+            raise UserError(
+                f"the train data ({len(train_set.classes)} classes) and the test data "
+                f"({len(test_set.classes)} classes) have different class lists; give --test-data "
+                "with the same class folders"
+            )
+        num_classes = len(test_set.classes)
+        directory = None
+        if cache:
+            directory = Path(cache_dir) if cache_dir else _default_cache_dir(run_path, loaded.file)
+        feature_cache = FeatureCache(directory)
+        extract = _Extractor(loaded, feature_cache, target, batch_size, progress)
 
-    train = test = logits = None
-    if train_set is not None:
-        train_x, train_y = extract(train_set, train_spec, "train", features)
-        train = (train_x, train_y, train_set.class_counts())
-        test = extract(test_set, test_spec, "test", features)
-    if "cluster" in chosen:
-        logits = extract(test_set, test_spec, "test", "logits")
-    options = {"ks": tuple(ks), "epochs": linear_epochs, "shots": tuple(shots), "draws": draws}
-    results = _run_protocols(chosen, train, test, logits, num_classes, options)
+        train = test = logits = None
+        if train_set is not None:
+            train_x, train_y = extract(train_set, train_spec, "train", features)
+            train = (train_x, train_y, train_set.class_counts())
+            test = extract(test_set, test_spec, "test", features)
+        if "cluster" in chosen:
+            logits = extract(test_set, test_spec, "test", "logits")
+        options = {"ks": tuple(ks), "epochs": linear_epochs, "shots": tuple(shots), "draws": draws}
+        results = _run_protocols(chosen, train, test, logits, num_classes, options)
 
-    output: dict[str, Any] = {
-        "checkpoint": str(loaded.file),
-        "data": data,
-        "test_data": test_data,
-        "features": features,
-        "protocols": chosen,
-        "results": results,
-        "cache": {
-            "dir": str(directory) if directory else None,
-            "hits": feature_cache.hits,
-            "misses": feature_cache.misses,
-        },
-    }
-    if summary is not None:
-        _write_summary(run_path / "summary.json", summary, output)
-    return output
+        output: dict[str, Any] = {
+            "checkpoint": str(loaded.file),
+            "data": data,
+            "test_data": test_data,
+            "features": features,
+            "protocols": chosen,
+            "results": results,
+            "cache": {
+                "dir": str(directory) if directory else None,
+                "hits": feature_cache.hits,
+                "misses": feature_cache.misses,
+            },
+        }
+        if summary is not None:
+            _write_summary(run_path / "summary.json", summary, output)
+        return output
 
 
 def _write_summary(path: Path, summary: dict[str, Any], output: dict[str, Any]) -> None:
