@@ -15,7 +15,7 @@ import torch
 
 from protossl.cli import main
 from protossl.config import load_config
-from protossl.engine.run_folder import MARKER_NAME, FolderLock, is_run_folder
+from protossl.engine.run_folder import MARKER_NAME, FolderLock, claim_run_folder, is_run_folder
 from protossl.engine.trainer import Trainer
 from protossl.errors import UserError
 from protossl.sweep import run_sweep
@@ -201,3 +201,22 @@ def test_a_killed_sweep_leaves_no_training_behind(tmp_path: Path, how: signal.Si
         if sweep.poll() is None:
             sweep.kill()
             sweep.wait()
+
+
+def test_temporaries_of_interrupted_writes_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    from protossl.engine.checkpoint import _open_temp_next_to
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
+    # What a writer killed between write and rename leaves: the same names it creates.
+    fd, left_over = _open_temp_next_to(run / "checkpoints" / "last.pt")
+    os.write(fd, b"x" * 1000)
+    os.close(fd)
+    (run / f".summary.json.{os.getpid()}.tmp").write_text("{")
+    keep = [run / "checkpoints" / "last.pt", run / "notes.tmp", run / ".hidden"]
+    for path in keep[1:]:
+        path.write_text("mine")
+    with claim_run_folder(run):
+        assert not left_over.exists() and not (run / f".summary.json.{os.getpid()}.tmp").exists()
+        assert all(path.exists() for path in keep)

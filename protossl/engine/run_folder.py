@@ -142,10 +142,33 @@ class FolderLock:
 
 
 def claim_run_folder(path: str | Path, what: str = "--out") -> FolderLock:
-    """Check ownership, write the marker and take the writer's lock, in that order."""
+    """Check ownership, write the marker, take the writer's lock, then remove what earlier
+    writers left half-written (their temporary files), in that order."""
     check_owned(path, what)
     write_marker(path)
-    return FolderLock(path)
+    lock = FolderLock(path)
+    remove_stale_temporaries(path)
+    return lock
+
+
+def remove_stale_temporaries(path: str | Path) -> int:
+    """Delete the temporary files of interrupted atomic writes in a run folder.
+
+    ``save_checkpoint_atomic`` and ``atomic_write_text`` write ``.NAME.<token>.tmp`` next
+    to their target and rename it; a process killed in between (kill -9, power loss)
+    leaves it behind, possibly the size of a checkpoint. Call only while holding the
+    folder's lock: then no live writer owns any of them. Returns how many were removed.
+    """
+    removed = 0
+    root = Path(path)
+    for folder in (root, root / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def die_with_parent() -> None:
