@@ -54,6 +54,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -549,7 +550,10 @@ def run_sweep(
         raise UserError("--jobs must be >= 1")
     # One sweep process per folder; its children die with it (signals below, and
     # die_with_parent for a SIGKILL), so a restarted sweep never runs beside an orphan.
+    out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out, "sweep folder"):
+        if threading.current_thread() is not threading.main_thread():
+            return _run_sweep(runs, out, jobs, gpus, echo)  # signals belong to the main thread
         previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
         try:
             return _run_sweep(runs, out, jobs, gpus, echo)
