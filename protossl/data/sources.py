@@ -622,7 +622,9 @@ def _list_images(root: Path, classes: Sequence[str]) -> FolderListing:
                 if filename.startswith(".") or not filename.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 path = os.path.join(dirpath, filename)
-                real = os.path.realpath(path)
+                # realpath costs a system call per path component: only a linked file needs it.
+                linked = os.path.islink(path)
+                real = os.path.realpath(path) if linked else os.path.join(real_dir, filename)
                 if real in seen_files:
                     listing.duplicates.append(path)
                     continue
