@@ -13,9 +13,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib
 import json
 import math
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -157,7 +162,10 @@ def _cmd_dedupe(args: argparse.Namespace) -> int:
         dedupe_prototypes,
         save_compact_head,
     )
+    from protossl.engine.outputs import check_output_file
 
+    # Before reading anything: a slip in --out must never cost the input or a run's state.
+    check_output_file(args.out, force=args.force, inputs=_checkpoint_inputs(args.checkpoint))
     fmt, heads = read_prototype_heads(args.checkpoint, format=args.format, key=args.key)
     compact = {}
     report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "format": fmt, "heads": {}}
@@ -192,6 +200,14 @@ def _cmd_dedupe(args: argparse.Namespace) -> int:
         )
     print(f"compact head ({fmt}) written to {args.out}", file=sys.stderr)
     return 0
+
+
+def _checkpoint_inputs(path: str) -> list[Path]:
+    """The files a command reading ``path`` (a checkpoint or a run folder) depends on."""
+    source = Path(path)
+    if source.is_dir():
+        return [source, source / "checkpoints" / "last.pt"]
+    return [source]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -247,8 +263,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from protossl.engine.outputs import check_output_file, check_output_folder
     from protossl.reports.report import ReportOptions, write_report
 
+    source = Path(args.run)
+    out = Path(args.out) if args.out else source / "report"
+    check_output_folder(out, force=args.force, inputs=[source], default=args.out is None)
+    if args.results_md:
+        check_output_file(args.results_md, force=args.force, what="--results-md")
     options = ReportOptions(
         samples=args.samples,
         max_prototypes=args.max_prototypes,
@@ -256,8 +278,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
     )
     index = write_report(
-        Path(args.run),
-        Path(args.out) if args.out else None,
+        source,
+        out,
         options=options,
         progress=sys.stderr.isatty(),
         results_md=Path(args.results_md) if args.results_md else None,
@@ -330,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     dedupe.add_argument("--key", metavar="NAME", help="read exactly this tensor as prototypes")
     dedupe.add_argument("--eps", type=_positive_float, default=0.025, help="linking distance")
     dedupe.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    dedupe.add_argument("--force", action="store_true", help="replace an existing --out file")
     dedupe.set_defaults(func=_cmd_dedupe)
 
     evaluate = sub.add_parser(
@@ -383,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--device", default="cpu", help="cpu or cuda for the forward passes")
     report.add_argument("--no-cache", action="store_true", help="neither read nor write RUN/cache")
     report.add_argument(
+        "--force", action="store_true", help="write into an existing --out folder / --results-md"
+    )
+    report.add_argument(
         "--results-md",
         metavar="FILE",
         help="also write a sweep's headline table (mean ± std over seeds) as Markdown",
@@ -435,17 +461,73 @@ def torch_distributed_errors() -> tuple[type[BaseException], ...]:
     return found
 
 
+# The modules each command needs, imported before the command runs (see main).
+COMMAND_MODULES = {
+    "train": ("protossl.engine.trainer",),
+    "analyze": ("protossl.diagnostics.checkpoints",),
+    "dedupe": ("protossl.diagnostics.dedupe",),
+    "eval": ("protossl.evaluation.run_eval",),
+    "sweep": ("protossl.sweep",),
+    "report": ("protossl.reports.report",),
+    "presets": ("protossl.config",),
+    "demo": ("protossl.demo",),
+}
+INTERRUPTED = f"{PROG}: interrupted"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def exit_at_once(signum: int, frame: object) -> None:
+    """SIGINT handler while nothing has been written: leave now, exit status 130.
+
+    Raising KeyboardInterrupt in the middle of ``import torch`` leaves torch half
+    imported, and the next import of it prints pages of tracebacks; exiting from the
+    handler leaves nothing half-done, because nothing has started yet.
+    """
+    os.write(2, f"{INTERRUPTED} before anything was written\n".encode())
+    os._exit(130)
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in _DISK_FULL:
+        return (
+            f"{PROG}: error: no space left to write{where} ({exc.strerror or exc}); what was "
+            "written before is intact (checkpoints are replaced atomically): free space, "
+            "then run the command again (train: with --resume)"
+        )
+    return f"{PROG}: error: cannot access{where}: {exc.strerror or exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``protossl`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``protossl`` console script.
+
+    Ctrl-C at any point ends with one line and exit status 130: during start-up (argument
+    parsing and the heavy imports) the process leaves at once; once the command runs,
+    the interrupt unwinds it (atomic writes clean up after themselves), so the last
+    checkpoint is always intact. A second Ctrl-C while the first is reported is ignored.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, exit_at_once) if in_main_thread else None
+    try:
+        args = build_parser().parse_args(argv)
+        for module in COMMAND_MODULES.get(args.command, ()):
+            importlib.import_module(module)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a read-only folder, a full disk, --out naming a file
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"{PROG}: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        print(_os_error_line(exc), file=sys.stderr)
         return 2
     except torch_distributed_errors() as exc:
         # Another training process died or stopped answering (torchrun): no hang, and
@@ -458,8 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: same answer
         hint = " (continue with --resume)" if args.command == "train" else ""
-        print(f"{PROG}: interrupted; the last checkpoint is kept{hint}", file=sys.stderr)
+        print(f"{INTERRUPTED}; every checkpoint written so far is intact{hint}", file=sys.stderr)
         return 130
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from protossl.errors import UserError
+from protossl.safe_yaml import load_yaml, load_yaml_file
 
 # The optimizers of protossl.engine.optimizers (named here: config never imports the engine).
 OPTIMIZER_NAMES = ("adamw", "sgd")
@@ -221,10 +222,7 @@ def _read_yaml_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {_first_line(exc)}") from None
+    data = load_yaml_file(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -266,8 +264,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is list:
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
+                value = load_yaml(value, key)
+            except UserError:
                 raise UserError(f"{key} must be a list like [0.4, 1.0] (got {value!r})") from None
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list like [0.4, 1.0] (got {value!r})")
@@ -306,8 +304,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is dict:
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
+                value = load_yaml(value, key)
+            except UserError:
                 value = None
         if not isinstance(value, dict):
             raise UserError(f"{key} must be a mapping like {{name: value}} (got {value!r})")
@@ -355,8 +353,10 @@ def _override_to_nested(override: str) -> dict[str, Any]:
     if not key:
         raise UserError(f"--set expects key=value (got '{override}')")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"--set {key}") if raw.strip() else raw
+    except UserError as exc:
+        if "not valid YAML" not in str(exc):
+            raise  # too large, too many aliases, nested too deeply
         value = raw
     nested: dict[str, Any] = {}
     cursor = nested
@@ -375,7 +375,7 @@ def load_config(
     """Build and validate a :class:`Config`: preset, then file, then ``key=value`` overrides."""
     cfg = Config()
     if preset is not None:
-        data = yaml.safe_load(_read_preset_text(preset)) or {}
+        data = load_yaml(_read_preset_text(preset), f"preset {preset}") or {}
         _merge_into(cfg, data)
     if config_file is not None:
         _merge_into(cfg, _read_yaml_file(config_file))

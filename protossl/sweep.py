@@ -61,12 +61,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from protossl.config import available_presets, load_config
 from protossl.engine.checkpoint import atomic_write_text
+from protossl.engine.memory import check_training_memory
 from protossl.engine.run_folder import FolderLock, die_with_parent, write_marker
 from protossl.errors import UserError
+from protossl.safe_yaml import load_yaml_file
 
 EVAL_KEYS = ("data", "test_data", "protocols", "features", "device")
 PLACEHOLDERS = ("{data}", "{data_balanced}")
@@ -260,12 +260,7 @@ def load_sweep(path: str | Path) -> list[SweepRun]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sweep file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(
-            f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}"
-        ) from None
+    spec = load_yaml_file(path, "sweep file") or {}
     if not isinstance(spec, dict):
         raise UserError(f"sweep file {path} must hold a mapping with 'grid'")
     unknown = set(spec) - {"preset", "set", "grid", "eval"}
@@ -305,6 +300,7 @@ def load_sweep(path: str | Path) -> list[SweepRun]:
         overrides = [f"{k}={_format_value(v)}" for k, v in shared.items()]
         overrides += [f"{k}={_format_value(v)}" for k, v in settings.items()]
         cfg = load_config(preset, overrides=overrides)  # fail before anything runs
+        check_training_memory(cfg)  # one line now, not an out-of-memory child later
         name = "_".join([preset, *parts]).replace("/", "-").replace(" ", "")
         tasks = resolve_evals(evals, cfg.data.spec, where)
         runs.append(SweepRun(name, preset, tuple(overrides), grid_values, tasks, cfg.num_threads))

@@ -70,15 +70,14 @@ def assignment_agreement(
 
 def save_compact_head(heads: dict[str, CompactHead], path: str | Path) -> None:
     """Write compact heads as safetensors: ``NAME.prototypes``, ``NAME.group_of``, ...."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from protossl.engine.checkpoint import atomic_write_bytes
 
     tensors: dict[str, torch.Tensor] = {}
     for name, head in heads.items():
         tensors[f"{name}.prototypes"] = head.prototypes.contiguous()
         tensors[f"{name}.group_of"] = head.group_of.contiguous()
         tensors[f"{name}.group_sizes"] = head.group_sizes.contiguous()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"eps": str(next(iter(heads.values())).eps)})
-    tmp.replace(path)  # atomic: never a half-written head
+    data = save(tensors, metadata={"eps": str(next(iter(heads.values())).eps)})
+    atomic_write_bytes(Path(path), data)  # never a half-written head

@@ -32,7 +32,13 @@ import torch
 
 from protossl.errors import UserError
 
-__all__ = ["load_checkpoint", "save_checkpoint_atomic", "to_weights_only_safe"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_checkpoint",
+    "save_checkpoint_atomic",
+    "to_weights_only_safe",
+]
 
 # numpy dtype kinds torch can hold: bool, signed / unsigned int, float, complex.
 _TENSOR_KINDS = frozenset("biufc")
@@ -161,24 +167,37 @@ def _read(path: Path, map_location: str) -> Any:
         ) from err
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
+
+    An interruption at any point (an error, a full disk, Ctrl-C) leaves the previous
+    ``path`` as it was and no temporary file behind.
+
+    Example:
+        >>> atomic_write_bytes(Path("head.safetensors"), b"...")  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _open_temp_next_to(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written).
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write_bytes`.
 
     Example:
         >>> atomic_write_text(Path("summary.json"), "{}\\n")  # doctest: +SKIP
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:

@@ -33,9 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-import yaml
-
 from protossl.errors import UserError
+from protossl.safe_yaml import load_yaml_file
 
 MARKER_NAME = "run.json"
 LOCK_NAME = ".lock"
@@ -57,8 +56,8 @@ def is_run_folder(path: str | Path) -> bool:
     if not config.is_file():
         return False
     try:
-        data = yaml.safe_load(config.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        data = load_yaml_file(config, "config")
+    except UserError:
         return False
     return isinstance(data, dict) and {"method", "model", "optim"} <= set(data)
 

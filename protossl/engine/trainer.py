@@ -45,6 +45,7 @@ from protossl.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint_atomic,
 )
+from protossl.engine.memory import check_memory_for_device
 from protossl.engine.monitor import CollapseMonitor, monitor_images
 from protossl.engine.optimizers import build_optimizer
 from protossl.engine.plateau import PlateauDetector
@@ -185,6 +186,8 @@ class Trainer:
             )
 
         self.runtime = Runtime(cfg.runtime)
+        # Before anything large exists: an impossible K or width is one line, not an OOM.
+        check_memory_for_device(cfg, distributed.world_size(), self.runtime.device)
         torch.manual_seed(cfg.seed)
         self.method: Method = build_method(cfg)
         self.runtime.prepare(self.method)

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from protossl.errors import UserError
+from protossl.safe_yaml import load_yaml_file
 
 # (metrics key, title) of the per-epoch panels with one value per record; the other
 # panels (distance quantiles, loss, uniqueness curve) are drawn by their own functions.
@@ -65,9 +67,9 @@ def _has(runs: dict[str, Records], keys: tuple[str, ...]) -> bool:
 def run_eps(run_dir: Path) -> float:
     """The eps of a run's M (``monitor.eps`` in its ``config.yaml``; the default without one)."""
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        config = load_yaml_file(run_dir / "config.yaml", "config") or {}
         return float(config["monitor"]["eps"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+    except (UserError, KeyError, TypeError, ValueError):
         return DEFAULT_EPS
 
 
@@ -82,7 +84,6 @@ def final_prototypes_curve(run_dir: Path) -> list[tuple[float, int]] | None:
         return None
     from protossl.diagnostics import uniqueness_curve
     from protossl.diagnostics.checkpoints import read_prototype_heads
-    from protossl.errors import UserError
 
     try:
         _format, heads = read_prototype_heads(checkpoint, format="protossl")
@@ -194,10 +195,6 @@ def curve_figure(runs: dict[str, Path]) -> Any:
 
 def plot_runs(runs: dict[str, Path], out: Path) -> Path:
     """Write a PNG with one panel per quantity (see the module docstring), one line per run."""
-    import matplotlib.pyplot as plt
+    from protossl.reports.figures import save_png_atomic
 
-    fig = curve_figure(runs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_png_atomic(curve_figure(runs), out, dpi=110)

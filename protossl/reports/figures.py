@@ -100,12 +100,22 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
+def save_png_atomic(fig: Any, out: Path, dpi: int = 100) -> Path:
+    """Render ``fig`` as PNG and write it atomically (an interrupted report keeps old files)."""
+    import io
+
+    from protossl.engine.checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
     # No "Software" text chunk: the page then carries no address at all.
-    fig.savefig(out, dpi=100, metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     _pyplot().close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
     return out
+
+
+def _save(fig: Any, out: Path) -> Path:
+    return save_png_atomic(fig, out)
 
 
 def _family_styles(families: Sequence[str]) -> dict[str, str]:

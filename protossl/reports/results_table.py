@@ -232,7 +232,7 @@ def _cell(stats: CellStats | None, kind: str, n: int) -> str:
 def _setup(sweep_dir: Path, done: Sequence[dict[str, Any]]) -> str | None:
     """One line on what was trained: from the first finished run's config.yaml and the
     rows' step counts (so the table says which protocol its numbers belong to)."""
-    import yaml
+    from protossl.safe_yaml import load_yaml_file
 
     parts: list[str] = []
     for row in done:
@@ -240,8 +240,8 @@ def _setup(sweep_dir: Path, done: Sequence[dict[str, Any]]) -> str | None:
         if not path.is_file():
             continue
         try:
-            cfg = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
+            cfg = load_yaml_file(path, "config")
+        except UserError:
             continue
         model = (cfg.get("model") or {}) if isinstance(cfg, dict) else {}
         data = (cfg.get("data") or {}) if isinstance(cfg, dict) else {}

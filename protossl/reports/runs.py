@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from protossl.diagnostics import DEFAULT_EPS
 from protossl.errors import UserError
+from protossl.safe_yaml import load_yaml_file
 
 __all__ = [
     "RunRecord",
@@ -210,9 +209,9 @@ def read_run(path: Path, name: str | None = None, row: dict[str, Any] | None = N
     config: Any = None
     if (path / "config.yaml").is_file():
         try:
-            config = yaml.safe_load((path / "config.yaml").read_text())
-        except yaml.YAMLError:
-            notes.append("config.yaml is not valid YAML; ignored")
+            config = load_yaml_file(path / "config.yaml", "config")
+        except UserError as exc:
+            notes.append(f"config.yaml ignored: {exc}")
     summary = _read_json(path / "summary.json", notes)
     metrics: list[dict[str, Any]] = []
     if (path / "metrics.jsonl").is_file():
