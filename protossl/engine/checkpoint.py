@@ -76,6 +76,30 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
+class _WriteErrorRecorder:
+    """A file-like wrapper that remembers the OSError of a failed ``write``."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self.handle.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _name_the_target(exc: BaseException, path: Path) -> None:
+    """A full disk inside ``torch.save`` names no file: name the one being written."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
+
+
 def save_checkpoint_atomic(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` so that ``path`` is never left half-written.
 
@@ -109,14 +133,23 @@ def save_checkpoint_atomic(state: dict[str, Any], path: str | Path) -> None:
     fd, tmp = _open_temp_next_to(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            writer = _WriteErrorRecorder(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+                # ("unexpected pos"); the OSError underneath says what happened.
+                if writer.error is None:
+                    raise
+                raise writer.error from None
             f.flush()
             os.fsync(f.fileno())  # data on disk before the rename makes it visible
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         # BaseException: a KeyboardInterrupt mid-save must not leave litter either.
         with suppress(OSError):
             tmp.unlink()
+        _name_the_target(exc, path)
         raise
     _fsync_directory(path.parent)
 
@@ -185,9 +218,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with suppress(OSError):
             tmp.unlink()
+        _name_the_target(exc, path)
         raise
 
 

@@ -1,0 +1,133 @@
+"""Outputs never clobber inputs: every output option refuses a run's state and its own input,
+and an existing output is replaced only with --force (then atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from protossl.cli import main
+from protossl.config import load_config
+from protossl.engine.outputs import check_output_file, check_output_folder, protected_reason
+from protossl.engine.trainer import Trainer
+from protossl.errors import UserError
+
+TINY = [
+    "model.backbone=cnn_tiny",
+    "model.num_prototypes=16",
+    "model.head_hidden_dim=16",
+    "model.bottleneck_dim=8",
+    "data.num_local_crops=1",
+    "data.batch_size=16",
+    "data.image_size=8",
+    "optim.epochs=1",
+    "optim.max_steps=2",
+    "monitor.eval_knn=false",
+    "monitor.monitor_samples=8",
+    "num_threads=1",
+]
+RUN_STATE = ["config.yaml", "metrics.jsonl", "summary.json", "run.json", "checkpoints/last.pt"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("outputs") / "run"
+    threads = torch.get_num_threads()
+    try:
+        Trainer(load_config("dino", overrides=TINY), folder, progress=False).fit()
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", RUN_STATE)
+def test_dedupe_never_writes_over_a_runs_state(
+    run: Path, target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(run)
+    for force in ([], ["--force"]):  # --force does not lift it either
+        code, err = _cli(["dedupe", str(run), "--out", str(run / target), *force], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "never writes over it" in err or "is the input" in err
+    assert _snapshot(run) == before
+
+
+def test_dedupe_refuses_its_input_and_an_existing_file_without_force(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "model.pt"
+    copy.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    code, err = _cli(["dedupe", str(copy), "--out", str(copy), "--force"], capsys)
+    assert code == 2 and "is the input" in err
+    assert copy.read_bytes() == (run / "checkpoints" / "last.pt").read_bytes()
+
+    out = tmp_path / "head.safetensors"
+    out.write_text("mine")
+    code, err = _cli(["dedupe", str(copy), "--out", str(out)], capsys)
+    assert code == 2 and "pass --force" in err and out.read_text() == "mine"
+    code, err = _cli(["dedupe", str(copy), "--out", str(out), "--force"], capsys)
+    assert code == 0, err
+    assert out.read_bytes() != b"mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "head.safetensors",
+        "model.pt",
+    ]  # replaced through a rename: no temporary left
+
+
+def test_report_refuses_run_folders_and_run_state_and_needs_force(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(run)
+    for out in (run, run / "checkpoints"):
+        code, err = _cli(["report", str(run), "--out", str(out), "--force"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+    code, err = _cli(
+        [
+            "report",
+            str(run),
+            "--out",
+            str(tmp_path / "r"),
+            "--results-md",
+            str(run / "metrics.jsonl"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "never writes over it" in err
+    assert _snapshot(run) == before
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    code, err = _cli(["report", str(run), "--out", str(mine)], capsys)
+    assert code == 2 and "not empty" in err and "--force" in err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_protected_reason_and_checks_without_a_run(tmp_path: Path) -> None:
+    loose = tmp_path / "config.yaml"  # not inside a run: an ordinary file
+    loose.write_text("a: 1\n")
+    assert protected_reason(loose) is None
+    assert check_output_file(loose, force=True) == loose
+    with pytest.raises(UserError, match="--force"):
+        check_output_file(loose, force=False)
+    with pytest.raises(UserError, match="is a folder"):
+        check_output_file(tmp_path, force=True)
+    with pytest.raises(UserError, match="is a file"):
+        check_output_folder(loose, force=True)
+    # The command's own default folder (RUN/report) is rewritten without --force.
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "index.html").write_text("old")
+    assert check_output_folder(tmp_path / "report", force=False, default=True)
+    with pytest.raises(UserError, match="not empty"):
+        check_output_folder(tmp_path / "report", force=False)
