@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from protossl.errors import UserError
+from protossl.errors import UserError, one_line
 
 PROG = "protossl"
 
@@ -490,12 +490,12 @@ def exit_at_once(signum: int, frame: object) -> None:
 def _os_error_line(exc: OSError) -> str:
     where = f" {exc.filename}" if exc.filename else ""
     if exc.errno in _DISK_FULL:
-        return (
+        return one_line(
             f"{PROG}: error: no space left to write{where} ({exc.strerror or exc}); what was "
             "written before is intact (checkpoints are replaced atomically): free space, "
             "then run the command again (train: with --resume)"
         )
-    return f"{PROG}: error: cannot access{where}: {exc.strerror or exc}"
+    return one_line(f"{PROG}: error: cannot access{where}: {exc.strerror or exc}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

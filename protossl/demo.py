@@ -228,8 +228,42 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def demo_files() -> set[str]:
+    """The names the demo writes in its folder: the runs, their logs, the table, the plot."""
+    return {
+        *DEMO_PRESETS,
+        *(f"{name}.log" for name in DEMO_PRESETS),
+        "summary.md",
+        "summary.json",
+        "curves.png",
+    }
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse an ``--out`` that holds anything but an earlier demo's files.
+
+    The demo replaces its own summary, plot and logs on every run; in a folder of the
+    user's (a run folder, a folder with its own ``summary.json``) that would lose data.
+
+    Raises:
+        UserError: ``out`` is a file, or a folder with entries the demo did not write.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"demo --out {out} is a file; name a new or empty folder")
+    if not out.is_dir():
+        return
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in demo_files())
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UserError(
+            f"demo --out {out} holds files the demo did not write ({shown}); "
+            "name a new or empty folder, or an earlier demo's folder"
+        )
+
+
 def run_demo(out: Path, epochs: int | None = None, parallel: bool = True) -> list[dict[str, Any]]:
     """Train both demo runs into ``out`` and print the comparison table."""
+    check_demo_folder(out)
     epochs = epochs or DEMO_EPOCHS
     started = time.perf_counter()
     _run_all(out, epochs, parallel)

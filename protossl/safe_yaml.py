@@ -67,6 +67,11 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
     return sizes[id(root)]
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_yaml(text: str, what: str) -> Any:
     """Parse one YAML document with the limits above; ``what`` names it in messages.
 
@@ -79,7 +84,11 @@ def load_yaml(text: str, what: str) -> Any:
             f"{what} is {len(text):,} characters, more than the {MAX_YAML_CHARS:,} protossl "
             "reads; is it the right file?"
         )
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader refuses control characters while it is being built: inside the try.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} is not valid YAML: {_first_line(exc)}") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -92,8 +101,7 @@ def load_yaml(text: str, what: str) -> Any:
             )
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what} is not valid YAML: {first}") from None
+        raise UserError(f"{what} is not valid YAML: {_first_line(exc)}") from None
     except RecursionError:
         raise UserError(f"{what} is nested too deeply to read") from None
     except (ValueError, TypeError, OverflowError) as exc:

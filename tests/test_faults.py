@@ -372,3 +372,47 @@ def test_an_impossible_configuration_is_refused_before_allocation(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "GiB" in err[0] and "model.num_prototypes" in err[0], err
     assert not (tmp_path / "run").exists()  # no run folder for a refused configuration
+
+
+# --------------------------------------------------------------- a sweep and its child
+
+SWEEP = (
+    "preset: dino\nset:\n"
+    + "".join(f"  {item.split('=', 1)[0]}: {item.split('=', 1)[1]!r}\n" for item in TINY)
+    + "grid:\n  seed: [0]\n"
+)
+
+
+def test_ctrl_c_to_a_sweep_and_its_child_then_rerun_is_bit_identical(
+    tmp_path: Path, reference: dict[str, Any]
+) -> None:
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(SWEEP)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "protossl", "sweep", str(sweep_file), "--out", str(out)]
+    # A terminal's Ctrl-C reaches the whole foreground process group: sweep and child.
+    sweep = subprocess.Popen(
+        argv,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    run = out / "dino_seed-0"
+    try:
+        deadline = time.monotonic() + 120
+        while not _last(run).is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)  # interrupt once the child has written its first checkpoint
+        os.killpg(sweep.pid, signal.SIGINT)
+        _, err = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+    assert sweep.returncode != 0 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("protossl: interrupted"), err  # progress lines, then the verdict
+    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(_final_state(run), reference)

@@ -131,3 +131,28 @@ def test_protected_reason_and_checks_without_a_run(tmp_path: Path) -> None:
     assert check_output_folder(tmp_path / "report", force=False, default=True)
     with pytest.raises(UserError, match="not empty"):
         check_output_folder(tmp_path / "report", force=False)
+
+
+def test_demo_refuses_a_folder_that_is_not_an_earlier_demos(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text('{"mine": true}')  # the demo would replace this
+    (mine / "notes.txt").write_text("keep")
+    assert main(["demo", "--out", str(mine), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notes.txt" in err[0], err
+    assert (mine / "summary.json").read_text() == '{"mine": true}'
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["demo", "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    # An earlier demo's folder (only the demo's own names) is accepted: no refusal raised.
+    from protossl.demo import check_demo_folder, demo_files
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    for name in demo_files():
+        (earlier / name).write_text("")
+    check_demo_folder(earlier)

@@ -25,7 +25,7 @@ import secrets
 from collections import OrderedDict
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -135,7 +135,7 @@ def save_checkpoint_atomic(state: dict[str, Any], path: str | Path) -> None:
         with os.fdopen(fd, "wb") as f:
             writer = _WriteErrorRecorder(f)
             try:
-                torch.save(state, writer)
+                torch.save(state, cast(IO[bytes], writer))  # duck-typed file
             except RuntimeError:
                 # torch's zip writer reports a failed write (a full disk) as a RuntimeError
                 # ("unexpected pos"); the OSError underneath says what happened.
