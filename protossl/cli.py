@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from protossl.errors import UserError, one_line
+from protossl.core.errors import UserError, one_line
+from protossl.core.run_layout import RunPaths
 
 PROG = "protossl"
 
@@ -64,7 +65,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = apply_overrides(Trainer.config_of_run(out), overrides)
     else:
         cfg = load_config(args.preset or "dino", args.config, overrides)
-    from protossl.engine import distributed
+    from protossl.core import distributed
 
     try:
         summary = Trainer(cfg, out, resume=args.resume).fit(
@@ -162,7 +163,7 @@ def _cmd_dedupe(args: argparse.Namespace) -> int:
         dedupe_prototypes,
         save_compact_head,
     )
-    from protossl.engine.outputs import check_output_file
+    from protossl.runs.outputs import check_output_file
 
     # Before reading anything: a slip in --out must never cost the input or a run's state.
     check_output_file(args.out, force=args.force, inputs=_checkpoint_inputs(args.checkpoint))
@@ -206,7 +207,7 @@ def _checkpoint_inputs(path: str) -> list[Path]:
     """The files a command reading ``path`` (a checkpoint or a run folder) depends on."""
     source = Path(path)
     if source.is_dir():
-        return [source, source / "checkpoints" / "last.pt"]
+        return [source, RunPaths(source).last_checkpoint]
     return [source]
 
 
@@ -263,8 +264,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from protossl.engine.outputs import check_output_file, check_output_folder
     from protossl.reports.report import ReportOptions, write_report
+    from protossl.runs.outputs import check_output_file, check_output_folder
 
     source = Path(args.run)
     out = Path(args.out) if args.out else source / "report"
@@ -451,7 +452,7 @@ def torch_distributed_errors() -> tuple[type[BaseException], ...]:
     """The exceptions torch.distributed raises when a peer process dies or times out."""
     import torch.distributed as dist
 
-    from protossl.engine.distributed import CollectiveError
+    from protossl.core.distributed import CollectiveError
 
     found = (CollectiveError,) + tuple(
         err

@@ -3,7 +3,7 @@
 A run is fully described by one :class:`Config`. It is built from a preset
 (``protossl/presets/NAME.yaml``), then an optional YAML file, then ``--set``
 overrides, and validated before anything is trained. Invalid values raise
-:class:`protossl.errors.UserError` with one line naming the key and the fix.
+:class:`protossl.core.errors.UserError` with one line naming the key and the fix.
 
 Example:
     >>> cfg = load_config(preset="dino-kp", overrides=["model.num_prototypes=256"])
@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from protossl.errors import UserError
-from protossl.safe_yaml import load_yaml, load_yaml_file
+from protossl.core.errors import UserError
+from protossl.core.safe_yaml import load_yaml, load_yaml_file
 
 # The optimizers of protossl.engine.optimizers (named here: config never imports the engine).
 OPTIMIZER_NAMES = ("adamw", "sgd")
@@ -63,6 +63,9 @@ class ModelConfig:
     prototype_layer: str = "normalized"
     patch_num_prototypes: int | None = None  # iBOT patch head K (null: same as num_prototypes)
     shared_head: bool = True  # iBOT: one head for class and patch tokens
+    # How prototypes are obtained: "joint" (learned by the loss with the encoder, as in
+    # DINO) or a strategy registered in protossl.engine.hooks.PROTOTYPE_STRATEGIES.
+    prototype_strategy: str = "joint"
 
 
 @dataclass
@@ -403,7 +406,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the fully resolved configuration as YAML."""
-    from protossl.engine.checkpoint import atomic_write_text
+    from protossl.core.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

@@ -26,10 +26,11 @@ import torch
 from tqdm import tqdm
 
 from protossl.config import Config, load_config
+from protossl.core.errors import UserError
+from protossl.core.files import atomic_write_text
+from protossl.core.run_layout import RunPaths
 from protossl.diagnostics import summarize_prototypes
-from protossl.engine.checkpoint import atomic_write_text
 from protossl.engine.monitor import CollapseMonitor, monitor_images
-from protossl.errors import UserError
 from protossl.evaluation.knn_eval import evaluate_knn, knn_of_features
 from protossl.methods import Method, build_method
 from protossl.reports.curves import plot_runs
@@ -80,7 +81,7 @@ def _train_command(preset: str, out: Path, epochs: int, threads: int) -> list[st
 
 
 def _epochs_done(run_dir: Path) -> int:
-    metrics = run_dir / "metrics.jsonl"
+    metrics = RunPaths(run_dir).metrics
     if not metrics.exists():
         return 0
     return sum(1 for line in metrics.read_text().splitlines() if line.strip())
@@ -107,7 +108,7 @@ def _run_all(out: Path, epochs: int, parallel: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         log = out / f"{name}.log"
         command = _train_command(name, run_dir, epochs, threads)
-        if (run_dir / "checkpoints" / "last.pt").exists():
+        if RunPaths(run_dir).last_checkpoint.exists():
             command.append("--resume")
         with log.open("w") as handle:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=handle)
@@ -120,7 +121,7 @@ def _run_all(out: Path, epochs: int, parallel: bool) -> None:
 
 def run_config(run_dir: Path) -> Config:
     """The resolved configuration a run saved in its ``config.yaml``."""
-    return load_config(preset=None, config_file=run_dir / "config.yaml")
+    return load_config(preset=None, config_file=RunPaths(run_dir).config)
 
 
 def untrained_method(cfg: Config) -> Method:
@@ -269,7 +270,7 @@ def run_demo(out: Path, epochs: int | None = None, parallel: bool = True) -> lis
     _run_all(out, epochs, parallel)
     rows = []
     for name in DEMO_PRESETS:
-        summary = json.loads((out / name / "summary.json").read_text())
+        summary = json.loads(RunPaths(out / name).summary.read_text())
         rows.append({"run": name, **summary})
     print("demo: measuring the reference rows (untrained backbone, raw pixels)", file=sys.stderr)
     rows += reference_rows(out / DEMO_PRESETS[0])

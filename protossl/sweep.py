@@ -62,11 +62,12 @@ from pathlib import Path
 from typing import Any
 
 from protossl.config import available_presets, load_config
-from protossl.engine.checkpoint import atomic_write_text
+from protossl.core.errors import UserError
+from protossl.core.files import atomic_write_text
+from protossl.core.run_layout import RunPaths
+from protossl.core.safe_yaml import load_yaml_file
 from protossl.engine.memory import check_training_memory
-from protossl.engine.run_folder import FolderLock, die_with_parent, write_marker
-from protossl.errors import UserError
-from protossl.safe_yaml import load_yaml_file
+from protossl.runs.folder import FolderLock, die_with_parent, write_marker
 
 EVAL_KEYS = ("data", "test_data", "protocols", "features", "device")
 PLACEHOLDERS = ("{data}", "{data_balanced}")
@@ -316,7 +317,7 @@ def load_sweep(path: str | Path) -> list[SweepRun]:
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads(RunPaths(run_dir).summary.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return summary if isinstance(summary, dict) else {}
@@ -326,7 +327,7 @@ def run_status(run_dir: Path) -> str:
     """``done`` (finished summary), ``partial`` (a checkpoint to resume) or ``new``."""
     if _read_summary(run_dir).get("finished"):
         return "done"
-    return "partial" if (run_dir / "checkpoints" / "last.pt").is_file() else "new"
+    return "partial" if RunPaths(run_dir).last_checkpoint.is_file() else "new"
 
 
 def pending_protocols(run_dir: Path, task: EvalTask) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
 from protossl.config import DataConfig, load_config
+from protossl.core.errors import UserError
 from protossl.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -56,7 +57,6 @@ from protossl.data.batched_augment import (
     resample_matrices,
     sample_crop_parameters,
 )
-from protossl.errors import UserError
 
 
 def _binomial_ok(hits: int, n: int, p: float, sigmas: float = 4.5) -> bool:

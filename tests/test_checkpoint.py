@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from protossl.engine.checkpoint import (
+from protossl.core.errors import UserError
+from protossl.core.files import (
     load_checkpoint,
     save_checkpoint_atomic,
     to_weights_only_safe,
 )
-from protossl.errors import UserError
 
 
 class _Payload:

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from protossl.cli import build_parser, main
+from protossl.core.errors import UserError
 from protossl.diagnostics import count_unique_prototypes
 from protossl.diagnostics.checkpoints import FORMAT_CHOICES, FORMATS, read_prototype_heads
-from protossl.errors import UserError
 
 P = 8  # bottleneck dimension of every synthetic head
 EPS = 0.025

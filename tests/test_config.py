@@ -23,7 +23,7 @@ from protossl.config import (
     save_config,
     validate,
 )
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 
 
 def _raises_user_error(*, match: str, **kwargs) -> str:
@@ -395,7 +395,7 @@ def test_bool_accepts_one_and_zero_from_the_command_line(text: str, expected: bo
 @pytest.mark.parametrize("value", ["2", "64"])
 def test_local_size_out_of_range_is_a_user_error(value):
     from protossl.config import load_config
-    from protossl.errors import UserError
+    from protossl.core.errors import UserError
 
     with pytest.raises(UserError, match="data.local_size"):
         load_config("dino", overrides=[f"data.local_size={value}"])

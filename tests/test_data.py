@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from protossl.core.errors import UserError
 from protossl.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,7 +32,6 @@ from protossl.data import (
     parse_data_spec,
     stratified_split,
 )
-from protossl.errors import UserError
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 DIGITS_CLASS_SIZES = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]

@@ -225,6 +225,7 @@ def _short_run(tmp_path: Path, name: str, *extra: str) -> list[dict[str, float]]
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow
 def test_demo_recipe_leaves_the_plateau_where_dino_defaults_do_not(tmp_path: Path) -> None:
     # docs/recipe.md: the BatchNorm head and the sharper teacher (0.02) are what take the
     # cross-entropy off ln K; DINO's teacher temperature 0.04 keeps the targets' entropy

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-import protossl.diagnostics.unique as unique_mod
 from protossl.diagnostics import (
     DEFAULT_EPS,
     DEFAULT_EPS_GRID,
@@ -28,6 +27,13 @@ from protossl.diagnostics import (
     uniqueness_curve,
     usage_from_logits,
 )
+from protossl.diagnostics.unique import constants as constants_mod
+from protossl.diagnostics.unique import cover as cover_mod
+from protossl.diagnostics.unique import curve as curve_mod
+from protossl.diagnostics.unique import distances as distances_mod
+from protossl.diagnostics.unique import inputs as inputs_mod
+from protossl.diagnostics.unique import leaders as leaders_mod
+from protossl.diagnostics.unique import nearest as nearest_mod
 
 # --- independent reference ---------------------------------------------------------------
 
@@ -299,7 +305,7 @@ def test_uniqueness_curve_compaction_path(monkeypatch: pytest.MonkeyPatch) -> No
     w = dense_low_dim(13, k=200)
     eps_values = [0.05, 0.1, 0.2, 0.4]
     expected = uniqueness_curve(w, eps_values, block_size=16)
-    monkeypatch.setattr(unique_mod, "_COMPACT_MIN_EDGES", 0)
+    monkeypatch.setattr(constants_mod, "COMPACT_MIN_EDGES", 0)
     assert uniqueness_curve(w, eps_values, block_size=16) == expected
     assert [m for _, m in expected] == [int(brute_labels(w, e).max()) + 1 for e in eps_values]
 
@@ -495,8 +501,8 @@ def test_hard_mixture_really_needs_member_links() -> None:
     # through members, and near-threshold decisions on both sides of eps.
     eps = DEFAULT_EPS
     w = hard_mixture(0, eps)
-    covers = unique_mod._CoverBuilder(
-        unique_mod._unit_directions(w, 16), np.arange(w.shape[0]), eps, 16, False
+    covers = cover_mod.CoverBuilder(
+        inputs_mod.unit_directions(w, 16), np.arange(w.shape[0]), eps, 16, False
     ).build()
     num_covers = covers.leader.size
     m = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders").num_unique
@@ -548,13 +554,13 @@ def test_auto_uses_leaders_and_matches_bruteforce(
     w = collapsed_and_random(20, k=5000, p=32, groups=50, eps=eps)
     brute = count_unique_prototypes(w, eps=eps, method="brute")
     calls: list[int] = []
-    original = unique_mod._leader_components
+    original = leaders_mod.leader_components
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(unique_mod, "_leader_components", spy)
+    monkeypatch.setattr(leaders_mod, "leader_components", spy)
     auto = count_unique_prototypes(w, eps=eps)
     assert calls, "auto should pick the leaders at K = 5000"
     np.testing.assert_array_equal(auto.labels, brute.labels)
@@ -573,13 +579,13 @@ def test_leaders_link_covers_at_the_three_eps_limit(
     # With the projection screen on, its principal plane is the circle's: the
     # projected distances are the full ones, so its margin is what is tested.
     if project:
-        monkeypatch.setattr(unique_mod, "_PROJECT_MIN_ROWS", 1)
+        monkeypatch.setattr(constants_mod, "PROJECT_MIN_ROWS", 1)
     a, b = _orthonormal_pair(torch.Generator().manual_seed(23), 256)
     step = 2.0 * math.asin(eps * (1 - 1e-7) / 2.0)
     ring = [math.cos(i * step) * a + math.sin(i * step) * b for i in range(4)]
     w = torch.stack([ring[0], ring[3], ring[1], ring[2]])  # leaders come first
-    units = unique_mod._unit_directions(w, 1)
-    builder = unique_mod._CoverBuilder(units, np.arange(4), eps, 1, False)
+    units = inputs_mod.unit_directions(w, 1)
+    builder = cover_mod.CoverBuilder(units, np.arange(4), eps, 1, False)
     assert builder.q == (32 if project else 0)
     covers = builder.build()
     assert covers.leader.tolist() == [0, 1] and covers.cover_of.tolist() == [0, 1, 0, 1]
@@ -608,15 +614,15 @@ def test_leaders_small_pair_budget_and_give_up(monkeypatch: pytest.MonkeyPatch) 
     w = hard_mixture(30, eps)
     expected = brute_labels(w, eps)
     # Tiny batches: member pairs in slices, one big cover pair at a time.
-    monkeypatch.setattr(unique_mod, "_PAIR_BUDGET", 8)
-    monkeypatch.setattr(unique_mod, "_PAIR_CHUNK", 5)
+    monkeypatch.setattr(constants_mod, "PAIR_BUDGET", 8)
+    monkeypatch.setattr(constants_mod, "PAIR_CHUNK", 5)
     result = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
     np.testing.assert_array_equal(result.labels, expected)
     # "auto" hands a too-dense leader graph to the brute force; the answer is the same.
-    monkeypatch.setattr(unique_mod, "_AUTO_MIN_K", 1)
-    monkeypatch.setattr(unique_mod, "_DENSE_LEADER_PAIRS", 0)
-    with pytest.raises(unique_mod._TooDense):
-        unique_mod._leader_components(unique_mod._unit_directions(w, 16), eps, 16, give_up=True)
+    monkeypatch.setattr(constants_mod, "AUTO_MIN_K", 1)
+    monkeypatch.setattr(constants_mod, "DENSE_LEADER_PAIRS", 0)
+    with pytest.raises(cover_mod.TooDense):
+        leaders_mod.leader_components(inputs_mod.unit_directions(w, 16), eps, 16, give_up=True)
     np.testing.assert_array_equal(
         count_unique_prototypes(w, eps=eps, block_size=16).labels, expected
     )
@@ -642,10 +648,10 @@ def test_leaders_zero_and_tiny_rows(eps: float) -> None:
 
 def test_leaders_screen_falls_back_to_float64(monkeypatch: pytest.MonkeyPatch) -> None:
     # A reduced-precision float32 matmul (TF32/bf16) switches the screen to float64.
-    assert unique_mod._screen_dtype(torch.zeros(1, 8, dtype=torch.float64)) == torch.float32
+    assert distances_mod.screen_dtype(torch.zeros(1, 8, dtype=torch.float64)) == torch.float32
     eps = DEFAULT_EPS
     w = hard_mixture(40, eps)
-    monkeypatch.setattr(unique_mod, "_screen_dtype", lambda units: torch.float64)
+    monkeypatch.setattr(cover_mod, "screen_dtype", lambda units: torch.float64)
     result = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
     np.testing.assert_array_equal(result.labels, brute_labels(w, eps))
 
@@ -662,17 +668,17 @@ def test_leaders_projection_screen_is_conservative(
     # p >= 128 uses the projection screen by default; forcing it at p = 16 (q = 4
     # principal directions: a weak screen with many false candidates) must not matter.
     p = 16 if force else 256
-    monkeypatch.setattr(unique_mod, "_PROJECT_MIN_ROWS", 1)
+    monkeypatch.setattr(constants_mod, "PROJECT_MIN_ROWS", 1)
     if force:
-        monkeypatch.setattr(unique_mod, "_PROJECT_MIN_P", 1)
+        monkeypatch.setattr(constants_mod, "PROJECT_MIN_P", 1)
     built: list[int] = []
-    original = unique_mod._CoverBuilder._init_projection
+    original = cover_mod.CoverBuilder._init_projection
 
     def spy(self, *args):  # type: ignore[no-untyped-def]
         built.append(self.q)
         return original(self, *args)
 
-    monkeypatch.setattr(unique_mod._CoverBuilder, "_init_projection", spy)
+    monkeypatch.setattr(cover_mod.CoverBuilder, "_init_projection", spy)
     for seed, eps in [(50, 0.01), (52, 0.1)]:
         w = hard_mixture(seed, eps, p=p)
         result = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
@@ -728,8 +734,8 @@ def test_nearest_neighbors_exact_on_mixtures(
 
 def test_nearest_neighbor_mixture_has_covered_and_lonely_rows() -> None:
     # The fixture exercises both searches: neighbourhoods (float64) and lonely (float32).
-    units = unique_mod._unit_directions(hard_mixture(0, DEFAULT_EPS), 16)
-    covers = unique_mod._prepare(units, DEFAULT_EPS, 16, give_up=True).covers
+    units = inputs_mod.unit_directions(hard_mixture(0, DEFAULT_EPS), 16)
+    covers = cover_mod.prepare(units, DEFAULT_EPS, 16, give_up=True).covers
     assert covers is not None
     size = np.bincount(covers.cover_of)
     assert (size[covers.cover_of] == 1).sum() > 50 and (size >= 2).sum() > 5
@@ -755,16 +761,16 @@ def test_nearest_neighbors_dense_fallback_and_projection(monkeypatch: pytest.Mon
     with monkeypatch.context() as m:
 
         def give_up(self):  # type: ignore[no-untyped-def]
-            raise unique_mod._TooDense
+            raise cover_mod.TooDense
 
-        m.setattr(unique_mod._CoverBuilder, "build", give_up)
-        units = unique_mod._unit_directions(w, 16)
-        assert unique_mod._prepare(units, DEFAULT_EPS, 16, give_up=True).covers is None
+        m.setattr(cover_mod.CoverBuilder, "build", give_up)
+        units = inputs_mod.unit_directions(w, 16)
+        assert cover_mod.prepare(units, DEFAULT_EPS, 16, give_up=True).covers is None
         got = nearest_neighbor_distances(w, block_size=16)
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
     # Projection screen forced on for the covers (q = 4 at p = 16).
-    monkeypatch.setattr(unique_mod, "_PROJECT_MIN_ROWS", 1)
-    monkeypatch.setattr(unique_mod, "_PROJECT_MIN_P", 1)
+    monkeypatch.setattr(constants_mod, "PROJECT_MIN_ROWS", 1)
+    monkeypatch.setattr(constants_mod, "PROJECT_MIN_P", 1)
     got = nearest_neighbor_distances(w, block_size=16)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
 
@@ -830,8 +836,8 @@ def test_uniqueness_curve_on_dense_low_dim_graph_and_fallbacks(
     assert [m for _, m in uniqueness_curve(w, grid, block_size=23)] == expected
     assert expected[0] > expected[-1]
     # Leader graphs "too dense": the curve above the covers' eps falls back per eps.
-    monkeypatch.setattr(unique_mod, "_DENSE_LEADER_PAIRS", 0)
-    monkeypatch.setattr(unique_mod, "_AUTO_MIN_K", 1)
+    monkeypatch.setattr(constants_mod, "DENSE_LEADER_PAIRS", 0)
+    monkeypatch.setattr(constants_mod, "AUTO_MIN_K", 1)
     assert [m for _, m in uniqueness_curve(w, grid, block_size=23)] == expected
 
 
@@ -839,14 +845,14 @@ def test_long_curve_links_the_same_covers() -> None:
     # Above the covers' eps the curve comes from linking the covers (no new leaders).
     eps = DEFAULT_EPS
     w = hard_mixture(3, eps)
-    units = unique_mod._unit_directions(w, 16)
-    prepared = unique_mod._prepare(units, eps, 16, give_up=True)
-    nearest, short = unique_mod._nearest_and_short_curve(
+    units = inputs_mod.unit_directions(w, 16)
+    prepared = cover_mod.prepare(units, eps, 16, give_up=True)
+    nearest, short = nearest_mod.nearest_and_short_curve(
         units, 16, prepared, np.array([0.001, 0.01, eps])
     )
     assert short == {e: brute_m(w, e) for e in (0.001, 0.01, eps)}
     longer = np.array([2 * eps, 0.1, 0.5])
-    linked = unique_mod._long_curve(units, prepared, nearest, longer, 16)
+    linked = curve_mod.long_curve(units, prepared, nearest, longer, 16)
     assert linked == {e: brute_m(w, e) for e in longer.tolist()}
 
 

@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from protossl.objectives import TARGET_BUILDERS
-
 TINY = [
     "data.batch_size=64",
     "data.num_local_crops=2",
@@ -76,15 +74,11 @@ CASES = [
     ("dino", []),
     ("dino-kp", []),
     pytest.param("dino", ["data.augmentation=batched"], id="dino-batched-augmentation"),
-    pytest.param(
-        "dino",
-        ["objective.target=sinkhorn"],
-        marks=pytest.mark.skipif("sinkhorn" not in TARGET_BUILDERS, reason="no sinkhorn target"),
-        id="dino-sinkhorn",
-    ),
+    pytest.param("dino", ["objective.target=sinkhorn"], id="dino-sinkhorn"),
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,extra", CASES)
 def test_two_processes_equal_one(tmp_path: Path, preset: str, extra: list[str]) -> None:
     extra = [*extra, "optim.max_steps=4"]
@@ -96,6 +90,7 @@ def test_two_processes_equal_one(tmp_path: Path, preset: str, extra: list[str]) 
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["finished"]
 
 
+@pytest.mark.slow
 def test_resume_with_another_process_count(tmp_path: Path) -> None:
     # 2 epochs of 5 steps (digits@lt=100: 354 images, global batch 64): straight on
     # one process, or the first epoch on two processes and the second resumed on one.
@@ -116,6 +111,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_a_dead_rank_stops_the_other_with_one_line_and_the_run_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     port = _free_port()

@@ -27,8 +27,8 @@ import torch
 
 from protossl.cli import main
 from protossl.config import load_config
-from protossl.engine import checkpoint as checkpoint_module
-from protossl.engine.checkpoint import load_checkpoint
+from protossl.core import files as checkpoint_module
+from protossl.core.files import load_checkpoint
 from protossl.engine.trainer import TIMING_KEYS, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,6 +173,7 @@ PLAN = [
 ]
 
 
+@pytest.mark.slow
 def test_random_sigint_and_sigkill_then_resume_is_bit_identical(
     tmp_path: Path, reference: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -299,7 +300,7 @@ def test_disk_full_while_appending_metrics(
 
 _KILL_IN_WRITE = """
 import io, os, signal, sys, torch
-from protossl.engine import checkpoint
+from protossl.core import files as checkpoint
 real, calls = torch.save, [0]
 def save(state, handle, *args, **kwargs):
     calls[0] += 1
@@ -383,6 +384,7 @@ SWEEP = (
 )
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_a_sweep_and_its_child_then_rerun_is_bit_identical(
     tmp_path: Path, reference: dict[str, Any]
 ) -> None:

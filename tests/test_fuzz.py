@@ -1,7 +1,7 @@
 """Fuzzing the two readers that take files from anywhere: YAML configurations and checkpoints.
 
 The promise checked here: whatever the bytes, protossl's readers return a result or raise
-:class:`~protossl.errors.UserError` (one line for the CLI). Any other exception would be a
+:class:`~protossl.core.errors.UserError` (one line for the CLI). Any other exception would be a
 traceback in front of the user. Hypothesis runs derandomized (the same examples every
 time, so CI is repeatable) with modest example counts; the hand-written hostile cases
 below cover what random text is unlikely to hit (alias bombs, deep nesting, huge scalars,
@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protossl.config import Config, load_config
+from protossl.core.errors import UserError
+from protossl.core.files import load_checkpoint
+from protossl.core.safe_yaml import MAX_YAML_CHARS, load_yaml
 from protossl.diagnostics.checkpoints import read_prototype_heads
-from protossl.engine.checkpoint import load_checkpoint
-from protossl.errors import UserError
-from protossl.safe_yaml import MAX_YAML_CHARS, load_yaml
 
 
 def fuzz(examples: int) -> settings:

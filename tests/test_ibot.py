@@ -13,12 +13,11 @@ import torch.nn.functional as F
 
 import protossl.methods.ibot  # noqa: F401  (registers "ibot")
 from protossl.config import Config, load_config
+from protossl.core.errors import UserError
 from protossl.data.masking import BlockMasking, block_mask
 from protossl.engine.schedules import linear_warmup_schedule
-from protossl.errors import UserError
 from protossl.methods import StepContext, build_method
 from protossl.methods.ibot import IBOT, warmup_temperature
-from protossl.objectives import TARGET_BUILDERS
 from protossl.objectives.ibot import MaskedPatchCrossEntropy, masked_patch_cross_entropy
 
 TINY = [
@@ -348,8 +347,6 @@ def test_loss_decreases_on_a_fixed_batch(preset: str) -> None:
 
 @pytest.mark.parametrize("preset", ["ibot-vmf", "ibot-vmf-kp"])
 def test_vmf_presets_train(preset: str) -> None:
-    if "probability-centering" not in TARGET_BUILDERS:
-        pytest.skip("the probability-centering target builder is not available")
     method = build_ibot(tiny(preset))
     assert type(method.student.head.prototypes).__name__ == "VMFPrototypeLayer"
     assert type(method.target_builder) is type(method.patch_target_builder)

@@ -19,7 +19,7 @@ import protossl.methods.msn  # noqa: F401
 import protossl.objectives.mlcd  # noqa: F401
 import protossl.objectives.msn  # noqa: F401
 from protossl.config import Config, load_config
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 from protossl.methods import build_method
 from protossl.methods.msn import MSN, num_kept_patches
 from protossl.models import ViTBackbone
@@ -241,7 +241,7 @@ def _distributed_worker(rank: int, folder: str, probs: torch.Tensor) -> None:
 def test_mean_is_global_across_processes() -> None:
     # Two gloo processes holding half a batch each give the one-process value, and
     # each its share of the gradient times the world size (identity backward; the
-    # trainer's gradient all-reduce averages the ranks, see engine/distributed.py).
+    # trainer's gradient all-reduce averages the ranks, see core/distributed.py).
     gen = torch.Generator().manual_seed(5)
     probs = torch.softmax(torch.randn(8, 10, generator=gen, dtype=torch.float64), dim=-1)
     with tempfile.TemporaryDirectory() as folder:
@@ -547,9 +547,9 @@ def test_cnn_backbone_needs_mask_ratio_zero() -> None:
 
 
 def test_unsupported_settings_are_rejected() -> None:
-    if "probability-centering" in TARGET_BUILDERS:
-        with pytest.raises(UserError, match="objective.target"):
-            build_method(tiny("msn", "objective.target=probability-centering"))
+    assert "probability-centering" in TARGET_BUILDERS  # registered: msn must refuse it
+    with pytest.raises(UserError, match="objective.target"):
+        build_method(tiny("msn", "objective.target=probability-centering"))
     with pytest.raises(UserError, match="objective.target"):
         build_method(tiny("msn", "objective.target=no-such-target"))
     with pytest.raises(UserError, match="prototype_layer"):

@@ -12,9 +12,9 @@ from PIL import Image
 
 from protossl.cli import main
 from protossl.config import load_config
-from protossl.engine.checkpoint import load_checkpoint, save_checkpoint_atomic
+from protossl.core.errors import UserError
+from protossl.core.files import load_checkpoint, save_checkpoint_atomic
 from protossl.engine.trainer import Trainer
-from protossl.errors import UserError
 from protossl.evaluation.finite import nonfinite_rows, require_finite_features
 
 TINY = [

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import protossl.objectives.targets as targets_module
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 from protossl.objectives import (
     PROTOTYPE_REGULARIZERS,
     TARGET_BUILDERS,
@@ -398,8 +398,8 @@ def test_register_decorators():
         with pytest.raises(ValueError):
             register_target_builder("test-identity")(Centering)
     finally:
-        TARGET_BUILDERS.pop("test-identity", None)
-        PROTOTYPE_REGULARIZERS.pop("test-zero", None)
+        TARGET_BUILDERS.remove("test-identity")
+        PROTOTYPE_REGULARIZERS.remove("test-zero")
 
 
 # --------------------------------------------------------------------------- docs

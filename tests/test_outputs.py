@@ -10,9 +10,9 @@ import torch
 
 from protossl.cli import main
 from protossl.config import load_config
-from protossl.engine.outputs import check_output_file, check_output_folder, protected_reason
+from protossl.core.errors import UserError
 from protossl.engine.trainer import Trainer
-from protossl.errors import UserError
+from protossl.runs.outputs import check_output_file, check_output_folder, protected_reason
 
 TINY = [
     "model.backbone=cnn_tiny",

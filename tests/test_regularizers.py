@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from protossl.config import load_config
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 from protossl.methods import StepContext, build_method
 from protossl.methods.regularizers import Regularizers
 from protossl.objectives.embedding import KoLeoEmbedding

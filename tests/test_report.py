@@ -25,8 +25,8 @@ from scipy.sparse.csgraph import connected_components
 
 from protossl.cli import main
 from protossl.config import config_from_dict, load_config
+from protossl.core.files import load_checkpoint
 from protossl.data import EvalTransform, load_dataset
-from protossl.engine.checkpoint import load_checkpoint
 from protossl.methods import build_method
 from protossl.reports.embedding import subsample_indices, tsne_2d
 from protossl.reports.probe import probe_run

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from protossl.cli import main
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 from protossl.reports.results_table import CellStats, results_markdown, tail_group
 
 BAL = "folder:/data/cifar10"

@@ -15,9 +15,9 @@ import torch
 
 from protossl.cli import main
 from protossl.config import load_config
-from protossl.engine.run_folder import MARKER_NAME, FolderLock, claim_run_folder, is_run_folder
+from protossl.core.errors import UserError
 from protossl.engine.trainer import Trainer
-from protossl.errors import UserError
+from protossl.runs.folder import MARKER_NAME, FolderLock, claim_run_folder, is_run_folder
 from protossl.sweep import run_sweep
 
 TINY = [
@@ -115,7 +115,7 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from protossl.engine.run_folder import FolderLock; "
+            "import sys, time; from protossl.runs.folder import FolderLock; "
             f"lock = FolderLock({str(run)!r}); print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -204,7 +204,7 @@ def test_a_killed_sweep_leaves_no_training_behind(tmp_path: Path, how: signal.Si
 
 
 def test_temporaries_of_interrupted_writes_are_removed_at_the_next_start(tmp_path: Path) -> None:
-    from protossl.engine.checkpoint import _open_temp_next_to
+    from protossl.core.files import _open_temp_next_to
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

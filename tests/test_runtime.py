@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from protossl.config import RuntimeConfig, load_config
+from protossl.core.errors import UserError
 from protossl.engine.runtime import Runtime
-from protossl.errors import UserError
 from protossl.methods import build_method
 
 TINY = [

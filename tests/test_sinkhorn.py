@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 from protossl.objectives import build_target_builder
 from protossl.objectives.sinkhorn import SinkhornKnoppTargets, sinkhorn_knopp
 

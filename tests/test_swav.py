@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import protossl.methods.swav  # noqa: F401  (registers "swav")
 import protossl.objectives.sinkhorn  # noqa: F401  (registers the "sinkhorn" target)
 from protossl.config import Config, load_config
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 from protossl.methods import StepContext, build_method
 from protossl.methods.swav import SwAV
 from protossl.objectives import multicrop_cross_entropy

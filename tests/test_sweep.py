@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 from protossl.sweep import collect, load_sweep, run_sweep
 
 SHARED = """
@@ -65,6 +65,7 @@ def test_bad_sweep_files_fail_before_anything_runs(tmp_path: Path, text: str, ma
         load_sweep(write(tmp_path, text))
 
 
+@pytest.mark.slow
 def test_sweep_runs_records_failures_and_skips_finished(tmp_path: Path) -> None:
     # The second grid point is valid as a config but fails at run time (no such folder).
     missing = tmp_path / "no_such_folder"
@@ -89,6 +90,7 @@ def test_sweep_runs_records_failures_and_skips_finished(tmp_path: Path) -> None:
     assert "1 already finished, 1 to run" in again[0]
 
 
+@pytest.mark.slow
 def test_interrupted_run_is_resumed(tmp_path: Path) -> None:
     from protossl.config import load_config
     from protossl.engine.trainer import Trainer
@@ -124,6 +126,7 @@ def _summary(out: Path, run: str) -> dict[str, Any]:
     return json.loads((out / run / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_evaluations_run_after_training_are_resumable_and_land_in_results(
     tmp_path: Path,
 ) -> None:

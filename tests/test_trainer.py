@@ -72,7 +72,7 @@ def test_resume_is_bit_exact(tmp_path: Path, preset: str) -> None:
 
 
 def test_resume_requires_checkpoint_and_new_run_refuses_overwrite(tmp_path: Path) -> None:
-    from protossl.errors import UserError
+    from protossl.core.errors import UserError
 
     with pytest.raises(UserError, match="--resume"):
         Trainer(tiny_config(), tmp_path / "none", resume=True, progress=False)

@@ -50,6 +50,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from protossl.config import DataConfig
+from protossl.core.errors import UserError
 from protossl.data.multicrop import (
     FLIP_P,
     GRAYSCALE_P,
@@ -65,7 +66,6 @@ from protossl.data.multicrop import (
     check_multicrop_arguments,
     default_local_size,
 )
-from protossl.errors import UserError
 
 # ----------------------------------------------------------------------------- randomness
 

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from protossl.core.errors import UserError
 from protossl.data.image_modes import to_rgb
-from protossl.errors import UserError
 
 Split = Literal["train", "test"]
 Transform = Callable[[Image.Image], Any]

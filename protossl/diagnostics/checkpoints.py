@@ -54,8 +54,8 @@ from typing import Any
 
 import torch
 
-from protossl.engine.checkpoint import load_checkpoint
-from protossl.errors import UserError
+from protossl.core.errors import UserError
+from protossl.core.files import load_checkpoint
 
 __all__ = [
     "FORMATS",

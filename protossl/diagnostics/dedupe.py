@@ -72,7 +72,7 @@ def save_compact_head(heads: dict[str, CompactHead], path: str | Path) -> None:
     """Write compact heads as safetensors: ``NAME.prototypes``, ``NAME.group_of``, ...."""
     from safetensors.torch import save
 
-    from protossl.engine.checkpoint import atomic_write_bytes
+    from protossl.core.files import atomic_write_bytes
 
     tensors: dict[str, torch.Tensor] = {}
     for name, head in heads.items():

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 
 __all__ = [
     "MemoryEstimate",

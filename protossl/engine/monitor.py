@@ -27,6 +27,7 @@ import math
 import torch
 
 from protossl.config import Config
+from protossl.core import distributed
 from protossl.data import EvalTransform, load_dataset
 from protossl.diagnostics import (
     count_unique_prototypes,
@@ -34,7 +35,6 @@ from protossl.diagnostics import (
     nearest_neighbor_distances,
     usage_from_logits,
 )
-from protossl.engine import distributed
 from protossl.methods.base import Method
 from protossl.objectives.probability_centering import ProbabilityCentering
 from protossl.objectives.targets import Centering

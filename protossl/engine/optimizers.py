@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from protossl.config import OPTIMIZER_NAMES
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 
 SGD_MOMENTUM = 0.9  # main_dino.py: torch.optim.SGD(params_groups, lr=0, momentum=0.9)
 

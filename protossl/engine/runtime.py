@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from protossl.config import RuntimeConfig
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -35,66 +35,37 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import protossl
-from protossl.config import Config, config_from_dict, save_config
+from protossl.config import Config, save_config
+from protossl.core import distributed
+from protossl.core.errors import UserError
+from protossl.core.files import atomic_write_text
+from protossl.core.run_layout import RunPaths
 from protossl.data import EvalTransform, build_train_augmentation, load_dataset
 from protossl.data.sampling import ShardedEpochSampler, epoch_seed
 from protossl.diagnostics import summarize_prototypes
-from protossl.engine import distributed
-from protossl.engine.checkpoint import (
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint_atomic,
-)
+from protossl.engine.hooks import TrainerHook, build_hooks
 from protossl.engine.memory import check_memory_for_device
 from protossl.engine.monitor import CollapseMonitor, monitor_images
 from protossl.engine.optimizers import build_optimizer
 from protossl.engine.plateau import PlateauDetector
-from protossl.engine.run_folder import FolderLock, check_owned, claim_run_folder
 from protossl.engine.runtime import Runtime
 from protossl.engine.schedules import cosine_schedule, linear_warmup_schedule
-from protossl.errors import UserError
 from protossl.evaluation.knn_eval import evaluate_knn
 from protossl.methods import Method, StepContext, build_method
+from protossl.runs.checkpoint import (
+    config_of_run,
+    read_training_checkpoint,
+    save_training_checkpoint,
+    training_state,
+)
+from protossl.runs.folder import FolderLock, check_owned, claim_run_folder
 
-CHECKPOINT_FORMAT = "protossl"
-CHECKPOINT_VERSION = 1
 # Keys of metrics.jsonl that depend on the wall clock, not on the computation.
 TIMING_KEYS = ("seconds", "images_per_second", "monitor_seconds")
 
 
 class TrainingDivergedError(UserError):
     """The loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where a run keeps its files."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -166,7 +137,7 @@ class Trainer:
                     f"cannot resume: {self.paths.last_checkpoint} does not exist; "
                     "start a new run without --resume"
                 )
-            self._checkpoint = load_checkpoint(self.paths.last_checkpoint)
+            self._checkpoint = read_training_checkpoint(self.paths.last_checkpoint)
         elif self.paths.last_checkpoint.exists():
             raise UserError(
                 f"{self.paths.root} already holds a run; pass --resume to continue it "
@@ -185,6 +156,7 @@ class Trainer:
                 f"divisible by the {distributed.world_size()} processes"
             )
 
+        self.hooks: list[TrainerHook] = build_hooks(cfg)  # the prototype strategy's, if any
         self.runtime = Runtime(cfg.runtime)
         # Before anything large exists: an impossible K or width is one line, not an OOM.
         check_memory_for_device(cfg, distributed.world_size(), self.runtime.device)
@@ -226,12 +198,13 @@ class Trainer:
         return monitor_images(self.cfg)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{self.paths.last_checkpoint} is not a protossl training checkpoint")
         try:
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.start_epoch = int(state["epoch"])
+            hook_states = state.get("hooks", [{} for _ in self.hooks])
+            for hook, hook_state in zip(self.hooks, hook_states, strict=True):
+                hook.load_state_dict(hook_state)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
@@ -243,15 +216,7 @@ class Trainer:
     @staticmethod
     def config_of_run(run_dir: str | Path) -> Config:
         """The configuration saved in a run's last checkpoint."""
-        path = RunPaths(Path(run_dir)).last_checkpoint
-        if not path.is_file():
-            raise UserError(
-                f"cannot resume: {path} does not exist; start a new run without --resume"
-            )
-        state = load_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT or not isinstance(state.get("config"), dict):
-            raise UserError(f"{path} is not a protossl training checkpoint; cannot resume from it")
-        return config_from_dict(state["config"])
+        return config_of_run(run_dir)
 
     # ---------------------------------------------------------------- training
 
@@ -336,6 +301,29 @@ class Trainer:
         self.method.update_teacher(float(self.schedules.teacher_momentum[step]))
         return terms
 
+    @torch.no_grad()
+    def reset_prototype_rows(
+        self,
+        rows: list[int],
+        values: torch.Tensor,
+        layers: tuple[str, ...] = ("student", "teacher"),
+    ) -> None:
+        """Set prototype ``rows`` of the named layers to ``values`` [len(rows), p] and
+        forget their optimizer state (AdamW's moments, SGD's momentum), in one place.
+
+        What a prototype strategy calls to re-seed prototypes: student and teacher get
+        the same rows, and the optimizer does not push the new rows with the old rows'
+        moments. Every rank must call it with the same arguments.
+        """
+        index = torch.as_tensor(rows, dtype=torch.long)
+        named = self.method.prototype_layers()
+        for name in layers:
+            weight = named[name].get_parameter("weight")
+            weight[index] = values.to(weight.device, weight.dtype)
+            for moment in self.optimizer.state.get(weight, {}).values():
+                if isinstance(moment, torch.Tensor) and moment.shape == weight.shape:
+                    moment[index] = 0
+
     def fit(self, stop_after_epochs: int | None = None) -> dict[str, Any]:
         """Train to the end (or pause after ``stop_after_epochs`` epochs); returns the summary.
 
@@ -376,6 +364,8 @@ class Trainer:
             last_epoch = min(last_epoch, stop_after_epochs)
         record: dict[str, Any] = {}
         self.method.train()
+        for hook in self.hooks:
+            hook.on_train_start(self)
         for epoch in range(self.start_epoch, last_epoch):
             epoch_started = time.perf_counter()
             torch.manual_seed(epoch_seed(self.cfg.seed, epoch))
@@ -386,6 +376,8 @@ class Trainer:
                     break
                 step = epoch * self.steps_per_epoch + i
                 terms = self.train_step(self.augmentation.crops(batch), step, epoch)
+                for hook in self.hooks:
+                    hook.on_step_end(self, step, epoch)
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
@@ -397,6 +389,8 @@ class Trainer:
                         writer.add_scalar(f"monitor/{key}", value, step + 1)
             seconds = time.perf_counter() - epoch_started
             record = self._epoch_record(epoch, step, sums, count, seconds)
+            for hook in self.hooks:
+                hook.on_epoch_end(self, epoch, record)
             if main and (message := self.plateau.observe(record)) is not None:
                 tqdm.write(f"warning: {message}", file=sys.stderr)  # one line, above the bar
             if main:
@@ -474,20 +468,16 @@ class Trainer:
         atomic_write_text(self.paths.metrics, "".join(line + "\n" for line in kept))
 
     def _save_checkpoint(self, next_epoch: int, step: int, elapsed: float) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "config": self.cfg.to_dict(),
-            "epoch": next_epoch,
-            "step": step,
-            "elapsed_seconds": elapsed,
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-        }
-        save_checkpoint_atomic(state, self.paths.last_checkpoint)
-        every = self.cfg.monitor.checkpoint_every_epochs
-        if every > 0 and next_epoch % every == 0:
-            save_checkpoint_atomic(state, self.paths.checkpoints / f"epoch_{next_epoch:04d}.pt")
+        state = training_state(
+            self.cfg.to_dict(),
+            next_epoch,
+            step,
+            elapsed,
+            self.method.state_dict(),
+            self.optimizer.state_dict(),
+            [hook.state_dict() for hook in self.hooks],
+        )
+        save_training_checkpoint(self.paths, state, self.cfg.monitor.checkpoint_every_epochs)
 
     def _summary(self, finished: bool) -> dict[str, Any]:
         measured = self.monitor.measure(self.method)

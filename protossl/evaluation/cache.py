@@ -1,7 +1,7 @@
 """On-disk cache of frozen features, so repeated evaluations skip the forward passes.
 
 A cache entry is ``<dir>/features-<key>.pt`` holding ``{"features", "labels",
-"meta"}``, written atomically (:func:`protossl.engine.checkpoint.save_checkpoint_atomic`)
+"meta"}``, written atomically (:func:`protossl.core.files.save_checkpoint_atomic`)
 and read with ``weights_only=True``. The key is a SHA-256 over:
 
 * the checkpoint's **content** (SHA-256 of its bytes). Content rather than
@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from protossl.engine.checkpoint import load_checkpoint, save_checkpoint_atomic
-from protossl.errors import UserError
+from protossl.core.errors import UserError
+from protossl.core.files import load_checkpoint, save_checkpoint_atomic
 
 __all__ = ["CACHE_VERSION", "FeatureCache", "dataset_fingerprint", "feature_key", "file_digest"]
 

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 from protossl.methods.base import Method
 
 __all__ = ["FEATURE_KINDS", "extract_features", "feature_encoder"]

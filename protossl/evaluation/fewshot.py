@@ -54,7 +54,7 @@ def few_shot_indices(labels: Sequence[int], shots: int, draw: int, seed: int = 0
 
     Example:
         >>> few_shot_indices([0, 0, 0, 1, 1], shots=1, draw=0)
-        [2, 3]
+        [2, 4]
     """
     if shots < 1:
         raise ValueError(f"shots must be >= 1 (got {shots})")

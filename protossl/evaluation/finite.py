@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 
 _MAX_NAMED = 5
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 
 from protossl.config import Config
+from protossl.core.errors import UserError
 from protossl.data import EvalTransform, ImageDataset, load_dataset
-from protossl.errors import UserError
 from protossl.evaluation.features import extract_features
 from protossl.evaluation.knn import knn_accuracy
 from protossl.methods import Method

@@ -26,35 +26,28 @@ import contextlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from protossl.config import Config, config_from_dict
+from protossl.core.errors import UserError
+from protossl.core.files import atomic_write_text
+from protossl.core.run_layout import CHECKPOINTS_DIR, RunPaths
 from protossl.data import EvalTransform, ImageDataset, load_dataset, parse_data_spec
 from protossl.diagnostics.checkpoints import resolve_checkpoint_path
-from protossl.engine.checkpoint import atomic_write_text, load_checkpoint
-from protossl.engine.run_folder import FolderLock
-from protossl.errors import UserError
 from protossl.evaluation.cache import FeatureCache, dataset_fingerprint, feature_key, file_digest
-from protossl.evaluation.clustering import argmax_clusters, cluster_metrics
 from protossl.evaluation.features import FEATURE_KINDS, extract_features, feature_encoder
-from protossl.evaluation.fewshot import DEFAULT_DRAWS, DEFAULT_SHOTS, few_shot_accuracy
+from protossl.evaluation.fewshot import DEFAULT_DRAWS, DEFAULT_SHOTS
 from protossl.evaluation.finite import require_finite_features, require_finite_weights
-from protossl.evaluation.knn import knn_accuracy, knn_classify
-from protossl.evaluation.linear import LinearProbe, linear_probe
-from protossl.evaluation.longtail import group_accuracy
-from protossl.methods import Method, build_method
+from protossl.evaluation.protocols import EVAL_PROTOCOLS, EvalInputs
+from protossl.runs.checkpoint import LoadedRun, load_method
+from protossl.runs.folder import FolderLock
 
 __all__ = ["DEFAULT_KS", "PROTOCOLS", "evaluate_run", "format_results", "parse_protocols"]
 
-PROTOCOLS = ("knn", "linear", "fewshot", "cluster", "longtail")
+PROTOCOLS = tuple(EVAL_PROTOCOLS)  # every registered protocol, in result order
 DEFAULT_KS = (10, 20, 100, 200)  # DINO, appendix (k = 20 is its headline number)
-LONGTAIL_K = 20
-# Protocols that need the train split's features (cluster needs only the test images).
-_NEED_TRAIN = ("knn", "linear", "fewshot", "longtail")
 
 
 def parse_protocols(protocols: str | Sequence[str]) -> list[str]:
@@ -66,7 +59,7 @@ def parse_protocols(protocols: str | Sequence[str]) -> list[str]:
     """
     names = protocols.split(",") if isinstance(protocols, str) else list(protocols)
     chosen = list(dict.fromkeys(n.strip() for n in names if n.strip()))
-    unknown = [p for p in chosen if p not in PROTOCOLS]
+    unknown = [p for p in chosen if p not in EVAL_PROTOCOLS]
     if unknown or not chosen:
         raise UserError(
             f"unknown protocol(s) {', '.join(unknown) or '(none given)'}; "
@@ -75,39 +68,17 @@ def parse_protocols(protocols: str | Sequence[str]) -> list[str]:
     return chosen
 
 
-@dataclass
-class _Loaded:
-    method: Method
-    cfg: Config
-    file: Path
-
-
-def _load_method(run: str | Path) -> _Loaded:
-    file = resolve_checkpoint_path(run)
-    state = load_checkpoint(file)
-    if (
-        state.get("format") != "protossl"
-        or not isinstance(state.get("config"), dict)
-        or not isinstance(state.get("method"), dict)
-    ):
-        raise UserError(f"{file} is not a protossl training checkpoint; eval needs one")
-    cfg = config_from_dict(state["config"])
-    method = build_method(cfg)
-    try:
-        method.load_state_dict(state["method"])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{file}: weights do not match its config ({first})") from None
-    require_finite_weights(method, file)
-    method.eval()
-    return _Loaded(method, cfg, file)
+def _load_method(run: str | Path) -> LoadedRun:
+    loaded = load_method(resolve_checkpoint_path(run), "eval needs one")
+    require_finite_weights(loaded.method, loaded.file)
+    return loaded
 
 
 def _default_cache_dir(run: Path, file: Path) -> Path:
     """``RUN/cache`` for a run (or a checkpoint inside ``RUN/checkpoints``), else beside it."""
     if run.is_dir():
         return run / "cache"
-    if file.parent.name == "checkpoints":
+    if file.parent.name == CHECKPOINTS_DIR:
         return file.parent.parent / "cache"
     return file.parent / "cache"
 
@@ -116,7 +87,7 @@ def _read_summary(run: Path) -> dict[str, Any] | None:
     """The run's summary (checked before any work), {} for a run without one, None for a file."""
     if not run.is_dir():
         return None
-    path = run / "summary.json"
+    path = RunPaths(run).summary
     if not path.is_file():
         return {}
     try:
@@ -148,7 +119,7 @@ class _Extractor:
 
     def __init__(
         self,
-        loaded: _Loaded,
+        loaded: LoadedRun,
         cache: FeatureCache,
         device: torch.device,
         batch_size: int,
@@ -195,19 +166,6 @@ class _Extractor:
         )
 
 
-def _linear_results(probe: LinearProbe, test_y: torch.Tensor) -> dict[str, Any]:
-    hits = probe.ranked == test_y[:, None]
-    out: dict[str, Any] = {"linear_top1": int(hits[:, 0].sum()) / len(test_y)}
-    if probe.ranked.shape[1] >= 5:
-        out["linear_top5"] = int(hits.any(dim=1).sum()) / len(test_y)
-    out.update(
-        linear_lr=probe.lr,
-        linear_weight_decay=probe.weight_decay,
-        linear_val_top1=probe.val_top1,
-    )
-    return out
-
-
 def _run_protocols(
     protocols: list[str],
     train: tuple[torch.Tensor, torch.Tensor, list[int]] | None,
@@ -216,45 +174,16 @@ def _run_protocols(
     num_classes: int,
     options: dict[str, Any],
 ) -> dict[str, Any]:
+    inputs = EvalInputs(train, test, logits, num_classes, options)
     results: dict[str, Any] = {}
-    probe: LinearProbe | None = None
-    if train is not None and test is not None:
-        train_x, train_y, counts = train
-        test_x, test_y = test
-        if "knn" in protocols:
-            results.update(
-                knn_accuracy(train_x, train_y, test_x, test_y, num_classes, ks=options["ks"])
-            )
-        if "linear" in protocols or "longtail" in protocols:
-            # Test labels are not passed: the probe sees only test features.
-            probe = linear_probe(train_x, train_y, test_x, num_classes, epochs=options["epochs"])
-        if "linear" in protocols and probe is not None:
-            results.update(_linear_results(probe, test_y))
-        if "fewshot" in protocols:
-            results.update(
-                few_shot_accuracy(
-                    train_x,
-                    train_y,
-                    test_x,
-                    test_y,
-                    num_classes,
-                    shots=options["shots"],
-                    draws=options["draws"],
-                )
-            )
-        if "longtail" in protocols and probe is not None:
-            knn_pred = knn_classify(train_x, train_y, test_x, num_classes, ks=(LONGTAIL_K,))
-            results.update(
-                group_accuracy(knn_pred[LONGTAIL_K][:, 0], test_y, counts, "longtail_knn_")
-            )
-            results.update(group_accuracy(probe.ranked[:, 0], test_y, counts, "longtail_linear_"))
-            nonzero = [c for c in counts if c > 0]
-            results["longtail_imbalance"] = max(nonzero) / min(nonzero)
-    if logits is not None:
-        scores, labels = logits
-        metrics = cluster_metrics(argmax_clusters(scores), labels)
-        results.update({f"cluster_{k}": v for k, v in metrics.items()})
-        results["cluster_num_prototypes"] = int(scores.shape[1])
+    for name, protocol in EVAL_PROTOCOLS.items():  # registration order: a stable output
+        if name not in protocols:
+            continue
+        if (protocol.needs_features and (train is None or test is None)) or (
+            protocol.needs_logits and logits is None
+        ):
+            continue
+        results.update(protocol.run(inputs))
     # NaN is not JSON; a metric that could not be computed is null.
     return {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -317,7 +246,7 @@ def evaluate_run(
         transform = EvalTransform(loaded.cfg.data.image_size)
         train_spec = str(parse_data_spec(data))
         test_spec = str(parse_data_spec(test_data or data))
-        need_train = any(p in _NEED_TRAIN for p in chosen)
+        need_train = any(EVAL_PROTOCOLS[p].needs_features for p in chosen)
         train_set = load_dataset(train_spec, "train", transform=transform) if need_train else None
         test_set = load_dataset(test_spec, "test", transform=transform)
         if train_set is not None and train_set.classes != test_set.classes:
@@ -338,7 +267,7 @@ def evaluate_run(
             train_x, train_y = extract(train_set, train_spec, "train", features)
             train = (train_x, train_y, train_set.class_counts())
             test = extract(test_set, test_spec, "test", features)
-        if "cluster" in chosen:
+        if any(EVAL_PROTOCOLS[p].needs_logits for p in chosen):
             logits = extract(test_set, test_spec, "test", "logits")
         options = {"ks": tuple(ks), "epochs": linear_epochs, "shots": tuple(shots), "draws": draws}
         results = _run_protocols(chosen, train, test, logits, num_classes, options)
@@ -357,7 +286,7 @@ def evaluate_run(
             },
         }
         if summary is not None:
-            _write_summary(run_path / "summary.json", summary, output)
+            _write_summary(RunPaths(run_path).summary, summary, output)
         return output
 
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from protossl.config import Config, ModelConfig
-from protossl.errors import UserError
+from protossl.core.errors import UserError
+from protossl.core.registry import Registry
 from protossl.models import DINOHead
 
 
@@ -97,6 +98,17 @@ class Method(nn.Module):
         """Parameters frozen during the first epochs (DINO's ``freeze_last_layer``)."""
         return _prototype_layer(self.student).parameters()
 
+    def prototype_layers(self) -> dict[str, nn.Module]:
+        """Every prototype layer by name (student and teacher; iBOT adds its patch heads).
+
+        Prototype strategies change rows of all of them at once, so that student and
+        teacher keep the same prototypes (``Trainer.reset_prototype_rows``).
+        """
+        return {
+            "student": _prototype_layer(self.student),
+            "teacher": _prototype_layer(self.teacher),
+        }
+
     @torch.no_grad()
     def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features of the teacher, used for kNN and other frozen evaluations."""
@@ -133,26 +145,17 @@ def build_head(model: ModelConfig, in_dim: int, num_prototypes: int | None = Non
     )
 
 
-METHODS: dict[str, Callable[[Config], Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator adding a method to the registry under ``name``."""
-
-    def decorator(cls: type[Method]) -> type[Method]:
-        METHODS[name] = cls
-        return cls
-
-    return decorator
+    """Class decorator adding a method to the registry under ``name`` (unique)."""
+    return METHODS.register(name)
 
 
 def build_method(cfg: Config) -> Method:
     """Build the method named by ``cfg.method`` (seeded by the caller)."""
-    if cfg.method not in METHODS:
-        raise UserError(
-            f"unknown method '{cfg.method}'; known methods: {', '.join(sorted(METHODS))}"
-        )
-    cls = METHODS[cfg.method]
+    cls = METHODS.lookup(cfg.method)
     supported = getattr(cls, "supported_targets", None)
     if supported is not None and cfg.objective.target not in supported:
         raise UserError(

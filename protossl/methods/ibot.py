@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from protossl.config import Config
+from protossl.core.errors import UserError
 from protossl.data.masking import BlockMasking
-from protossl.errors import UserError
 from protossl.methods.base import Method, StepContext, StepOutput, build_head, register_method
 from protossl.methods.regularizers import Regularizers
 from protossl.models import DINOHead, ViTBackbone, build_backbone
@@ -224,6 +224,14 @@ class IBOT(Method):
         yield from self.student.head.prototypes.parameters()
         if self.student.patch_head is not None:
             yield from self.student.patch_head.prototypes.parameters()
+
+    def prototype_layers(self) -> dict[str, nn.Module]:
+        layers = super().prototype_layers()
+        student, teacher = self.student.patch_head, self.teacher.patch_head
+        if student is not None and teacher is not None:  # a separate patch head
+            layers["student_patch"] = student.prototypes
+            layers["teacher_patch"] = teacher.prototypes
+        return layers
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:

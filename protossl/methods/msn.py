@@ -30,7 +30,7 @@ facebookresearch/msn code (src/msn_train.py, src/losses.py, src/deit.py):
   and embedding regularizers.
 
 Backbones: masking needs a ViT. A non-ViT backbone is rejected with a
-:class:`~protossl.errors.UserError` unless ``msn.mask_ratio=0``, in which case
+:class:`~protossl.core.errors.UserError` unless ``msn.mask_ratio=0``, in which case
 the method runs without masking (MSN's "no masking" ablation), never silently.
 
 Example:
@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from protossl.config import Config
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 from protossl.methods.base import Method, StepContext, StepOutput, build_head, register_method
 from protossl.methods.regularizers import Regularizers
 from protossl.models import DINOHead, ViTBackbone, build_backbone

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from protossl.config import Config
-from protossl.engine import distributed
-from protossl.errors import UserError
+from protossl.core import distributed
+from protossl.core.errors import UserError
 from protossl.methods.base import Method, StepContext, StepOutput, build_head, register_method
 from protossl.methods.regularizers import Regularizers
 from protossl.models import DINOHead, build_backbone

@@ -20,7 +20,10 @@ from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from protossl.errors import UserError
+from protossl.core.registry import Registry
+
+# A builder takes the training image size (ViTs pick their patch size from it).
+BACKBONES: Registry[Callable[[int], Backbone]] = Registry("backbone")
 
 
 class Backbone(nn.Module):
@@ -116,11 +119,13 @@ def _vit(image_size: int, embed_dim: int, depth: int, heads: int) -> ViTBackbone
     return ViTBackbone(net, embed_dim)
 
 
+@BACKBONES.register("vit_tiny")
 def vit_tiny(image_size: int) -> ViTBackbone:
     """A 4-block ViT (width 96, 3 heads): small enough for two CPU cores."""
     return _vit(image_size, embed_dim=96, depth=4, heads=3)
 
 
+@BACKBONES.register("vit_small")
 def vit_small(image_size: int) -> ViTBackbone:
     """ViT-S/16 proportions (width 384, 12 blocks, 6 heads) for real GPUs."""
     return _vit(image_size, embed_dim=384, depth=12, heads=6)
@@ -145,11 +150,13 @@ def _small_image_resnet(
     return Backbone(net, channels[-1])
 
 
+@BACKBONES.register("resnet_tiny")
 def resnet_tiny(image_size: int) -> Backbone:
     """A ResNet-10 with widths 32-256: quick on CPU for 16-32 px images."""
     return _small_image_resnet(image_size, channels=(32, 64, 128, 256), layers=(1, 1, 1, 1))
 
 
+@BACKBONES.register("resnet18")
 def resnet18(image_size: int) -> Backbone:
     """ResNet-18 (timm), with a CIFAR-style stem for images up to 64 px."""
     return _small_image_resnet(image_size, channels=(64, 128, 256, 512), layers=(2, 2, 2, 2))
@@ -185,6 +192,7 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
     ]
 
 
+@BACKBONES.register("cnn_tiny")
 def cnn_tiny(image_size: int) -> Backbone:
     """A plain 3-layer CNN (64 -> 128/2 -> 128, BatchNorm + ReLU, average pool).
 
@@ -199,19 +207,6 @@ def cnn_tiny(image_size: int) -> Backbone:
     return Backbone(PlainConvNet((64, 128)), 128)
 
 
-BACKBONES: dict[str, Callable[[int], Backbone]] = {
-    "cnn_tiny": cnn_tiny,
-    "vit_tiny": vit_tiny,
-    "vit_small": vit_small,
-    "resnet_tiny": resnet_tiny,
-    "resnet18": resnet18,
-}
-
-
 def build_backbone(name: str, image_size: int) -> Backbone:
     """Build a registered backbone by name, or raise a UserError listing the names."""
-    if name not in BACKBONES:
-        raise UserError(
-            f"unknown backbone '{name}'; known backbones: {', '.join(sorted(BACKBONES))}"
-        )
-    return BACKBONES[name](image_size)
+    return BACKBONES.lookup(name)(image_size)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protossl.core.registry import Registry
 from protossl.objectives.vmf import log_vmf_normalizer
 
 
@@ -112,10 +113,9 @@ class VMFPrototypeLayer(PrototypeLayer):
 
 
 # Prototype layer classes by ``model.prototype_layer`` name.
-PROTOTYPE_LAYERS: dict[str, type[PrototypeLayer]] = {
-    "normalized": PrototypeLayer,
-    "vmf": VMFPrototypeLayer,
-}
+PROTOTYPE_LAYERS: Registry[type[PrototypeLayer]] = Registry("prototype layer")
+PROTOTYPE_LAYERS.add("normalized", PrototypeLayer)
+PROTOTYPE_LAYERS.add("vmf", VMFPrototypeLayer)
 
 
 class DINOHead(nn.Module):
@@ -135,10 +135,7 @@ class DINOHead(nn.Module):
         if num_layers < 1:
             raise ValueError("DINOHead needs num_layers >= 1")
         if prototype_layer not in PROTOTYPE_LAYERS:
-            raise ValueError(
-                f"prototype_layer must be one of {sorted(PROTOTYPE_LAYERS)} "
-                f"(got {prototype_layer!r})"
-            )
+            raise ValueError(PROTOTYPE_LAYERS.unknown_message(prototype_layer))
         layers: list[nn.Module] = []
         dim = in_dim
         for _ in range(num_layers - 1):

@@ -11,7 +11,7 @@ processes), ``p_bar = mean_n softmax(student_logits_n / tau_s)`` [K]:
   a power-law prior ``pi_k = k^(-tau) / sum_j j^(-tau)``, k = 1..K (tau = 0.25).
 
 The mean is taken across processes with
-:func:`~protossl.engine.distributed.all_reduce_mean_differentiable`, so the term
+:func:`~protossl.core.distributed.all_reduce_mean_differentiable`, so the term
 is a function of the global batch, as MSN's ``AllReduce`` of ``avg_probs``.
 A method adds ``objective.mlcd_weight * term`` (MSN: ``memax_weight = 1``)
 through :class:`~protossl.methods.regularizers.Regularizers`.
@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from protossl.engine.distributed import all_reduce_mean_differentiable
+from protossl.core.distributed import all_reduce_mean_differentiable
 from protossl.objectives.registry import register_mlcd_regularizer
 
 __all__ = [

@@ -11,6 +11,7 @@ prototypes pointing in opposite directions attain its minimum). protossl offers
 it so that users can see this.
 
 Example:
+    >>> import torch
     >>> reg = PairwiseDistanceRegularizer(weight=0.1)
     >>> loss = reg(torch.randn(64, 16, requires_grad=True))
 """

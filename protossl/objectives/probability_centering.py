@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from protossl.engine.distributed import all_reduce_mean
+from protossl.core.distributed import all_reduce_mean
 from protossl.objectives.registry import register_target_builder
 from protossl.objectives.targets import TargetBuilder, check_teacher_temp
 

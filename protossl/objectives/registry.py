@@ -18,27 +18,27 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
+from protossl.core.registry import Registry
 from protossl.objectives.koleo import KoLeoProto
 from protossl.objectives.targets import Centering, TargetBuilder
 
 T = TypeVar("T", bound=type)
 
-TARGET_BUILDERS: dict[str, type] = {"centering": Centering}
-PROTOTYPE_REGULARIZERS: dict[str, type] = {"koleo": KoLeoProto}
+TARGET_BUILDERS: Registry[type] = Registry("target builder")
+TARGET_BUILDERS.add("centering", Centering)
+PROTOTYPE_REGULARIZERS: Registry[type] = Registry("prototype regularizer")
+PROTOTYPE_REGULARIZERS.add("koleo", KoLeoProto)
 # Regularizers of the student's marginal latent class distribution: a module
 # mapping student probabilities [N, K] to a scalar (ME-MAX, prior KL).
-MLCD_REGULARIZERS: dict[str, type] = {}
+MLCD_REGULARIZERS: Registry[type] = Registry("MLCD regularizer")
 # Regularizers of a batch of student embeddings [N, p] (KoLeo, DINOv2).
-EMBEDDING_REGULARIZERS: dict[str, type] = {}
+EMBEDDING_REGULARIZERS: Registry[type] = Registry("embedding regularizer")
 
 
-def _register(registry: dict[str, type], kind: str, name: str) -> Callable[[T], T]:
+def _register(registry: Registry[type], name: str) -> Callable[[T], T]:
     def decorator(cls: T) -> T:
-        existing = registry.get(name)
-        if existing is not None and existing is not cls:
-            raise ValueError(f"{kind} {name!r} is already registered to {existing.__name__}")
-        registry[name] = cls
+        registry.add(name, cls)
         return cls
 
     return decorator
@@ -46,34 +46,31 @@ def _register(registry: dict[str, type], kind: str, name: str) -> Callable[[T], 
 
 def register_target_builder(name: str) -> Callable[[T], T]:
     """Class decorator: make a :class:`TargetBuilder` subclass buildable by ``name``."""
-    return _register(TARGET_BUILDERS, "target builder", name)
+    return _register(TARGET_BUILDERS, name)
 
 
 def register_prototype_regularizer(name: str) -> Callable[[T], T]:
     """Class decorator: make a prototype regularizer module buildable by ``name``."""
-    return _register(PROTOTYPE_REGULARIZERS, "prototype regularizer", name)
+    return _register(PROTOTYPE_REGULARIZERS, name)
 
 
 def register_mlcd_regularizer(name: str) -> Callable[[T], T]:
     """Class decorator: make an MLCD regularizer (student probabilities -> scalar) buildable."""
-    return _register(MLCD_REGULARIZERS, "MLCD regularizer", name)
+    return _register(MLCD_REGULARIZERS, name)
 
 
 def register_embedding_regularizer(name: str) -> Callable[[T], T]:
     """Class decorator: make an embedding regularizer (embeddings [N, p] -> scalar) buildable."""
-    return _register(EMBEDDING_REGULARIZERS, "embedding regularizer", name)
+    return _register(EMBEDDING_REGULARIZERS, name)
 
 
-def _build(registry: dict[str, type], kind: str, name: str, **kwargs: Any) -> Any:
-    cls = registry.get(name)
-    if cls is None:
-        known = ", ".join(sorted(registry))
-        raise UserError(f"unknown {kind} {name!r}; known: {known}")
+def _build(registry: Registry[type], name: str, **kwargs: Any) -> Any:
+    cls = registry.lookup(name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         # A bad option in a config is the user's to fix: one line, no traceback.
-        raise UserError(f"{kind} {name!r}: {err}") from err
+        raise UserError(f"{registry.kind} {name!r}: {err}") from err
 
 
 def build_target_builder(
@@ -100,7 +97,7 @@ def build_target_builder(
     if cls is not None and shared:
         accepted = inspect.signature(cls).parameters
         kwargs = {k: v for k, v in shared.items() if k in accepted} | kwargs
-    return _build(TARGET_BUILDERS, "target builder", name, num_prototypes=num_prototypes, **kwargs)
+    return _build(TARGET_BUILDERS, name, num_prototypes=num_prototypes, **kwargs)
 
 
 def build_prototype_regularizer(name: str, **kwargs: Any) -> nn.Module:
@@ -109,7 +106,7 @@ def build_prototype_regularizer(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         UserError: unknown name, or an option the regularizer rejects.
     """
-    return _build(PROTOTYPE_REGULARIZERS, "prototype regularizer", name, **kwargs)
+    return _build(PROTOTYPE_REGULARIZERS, name, **kwargs)
 
 
 def build_mlcd_regularizer(name: str, num_prototypes: int, **kwargs: Any) -> nn.Module:
@@ -118,9 +115,7 @@ def build_mlcd_regularizer(name: str, num_prototypes: int, **kwargs: Any) -> nn.
     Raises:
         UserError: unknown name, or an option the regularizer rejects.
     """
-    return _build(
-        MLCD_REGULARIZERS, "MLCD regularizer", name, num_prototypes=num_prototypes, **kwargs
-    )
+    return _build(MLCD_REGULARIZERS, name, num_prototypes=num_prototypes, **kwargs)
 
 
 def build_embedding_regularizer(name: str, **kwargs: Any) -> nn.Module:
@@ -129,4 +124,4 @@ def build_embedding_regularizer(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         UserError: unknown name, or an option the regularizer rejects.
     """
-    return _build(EMBEDDING_REGULARIZERS, "embedding regularizer", name, **kwargs)
+    return _build(EMBEDDING_REGULARIZERS, name, **kwargs)

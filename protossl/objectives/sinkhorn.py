@@ -6,7 +6,7 @@ scores s [B, K], start from ``Q = exp(s / epsilon)`` viewed as a K x B matrix,
 then alternate ``iterations`` times: normalize rows so each prototype holds
 mass 1/K, normalize columns so each sample holds mass 1/B. The result is
 returned per sample (rows of the output sum to 1). With several processes, the
-row sums and B are global (through ``engine/distributed.py``).
+row sums and B are global (through ``core/distributed.py``).
 
 Example:
     >>> codes = sinkhorn_knopp(torch.randn(8, 16), epsilon=0.05, iterations=3)
@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from protossl.engine.distributed import all_reduce_logsumexp, all_reduce_sum
+from protossl.core.distributed import all_reduce_logsumexp, all_reduce_sum
 from protossl.objectives.registry import register_target_builder
 from protossl.objectives.targets import TargetBuilder, check_teacher_temp
 

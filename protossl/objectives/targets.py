@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-from protossl.engine.distributed import all_reduce_mean
+from protossl.core.distributed import all_reduce_mean
 
 
 def check_teacher_temp(teacher_temp: float) -> None:

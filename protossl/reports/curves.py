@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from protossl.errors import UserError
-from protossl.safe_yaml import load_yaml_file
+from protossl.core.errors import UserError
+from protossl.core.run_layout import RunPaths
+from protossl.core.safe_yaml import load_yaml_file
 
 # (metrics key, title) of the per-epoch panels with one value per record; the other
 # panels (distance quantiles, loss, uniqueness curve) are drawn by their own functions.
@@ -44,13 +45,13 @@ Drawer = Callable[[Any, dict[str, Records], dict[str, str]], None]
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The per-epoch records of a run."""
-    path = run_dir / "metrics.jsonl"
+    path = RunPaths(run_dir).metrics
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _records(run_dir: Path) -> Records:
     """The records of a run, or none where it has no ``metrics.jsonl`` yet."""
-    return read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    return read_metrics(run_dir) if RunPaths(run_dir).metrics.is_file() else []
 
 
 def _series(records: Records, key: str) -> Series:
@@ -67,7 +68,7 @@ def _has(runs: dict[str, Records], keys: tuple[str, ...]) -> bool:
 def run_eps(run_dir: Path) -> float:
     """The eps of a run's M (``monitor.eps`` in its ``config.yaml``; the default without one)."""
     try:
-        config = load_yaml_file(run_dir / "config.yaml", "config") or {}
+        config = load_yaml_file(RunPaths(run_dir).config, "config") or {}
         return float(config["monitor"]["eps"])
     except (UserError, KeyError, TypeError, ValueError):
         return DEFAULT_EPS
@@ -79,7 +80,7 @@ def final_prototypes_curve(run_dir: Path) -> list[tuple[float, int]] | None:
     None where the run has no readable protossl checkpoint. Read with protossl's
     checkpoint reader (``weights_only``: no code runs); torch is imported only here.
     """
-    checkpoint = run_dir / "checkpoints" / "last.pt"
+    checkpoint = RunPaths(run_dir).last_checkpoint
     if not checkpoint.is_file():
         return None
     from protossl.diagnostics import uniqueness_curve

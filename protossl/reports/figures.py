@@ -104,7 +104,7 @@ def save_png_atomic(fig: Any, out: Path, dpi: int = 100) -> Path:
     """Render ``fig`` as PNG and write it atomically (an interrupted report keeps old files)."""
     import io
 
-    from protossl.engine.checkpoint import atomic_write_bytes
+    from protossl.core.files import atomic_write_bytes
 
     buffer = io.BytesIO()
     # No "Software" text chunk: the page then carries no address at all.

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protossl.config import config_from_dict
+from protossl.core.errors import UserError
 from protossl.data import EvalTransform, ImageDataset, load_dataset, parse_data_spec
 from protossl.diagnostics import (
     UniqueResult,
@@ -35,14 +35,13 @@ from protossl.diagnostics import (
     normalize_prototypes,
     prototype_usage,
 )
-from protossl.engine.checkpoint import load_checkpoint
-from protossl.errors import UserError
 from protossl.evaluation.cache import FeatureCache, dataset_fingerprint, feature_key, file_digest
 from protossl.evaluation.features import extract_features, feature_encoder
 from protossl.evaluation.finite import require_finite_features, require_finite_weights
-from protossl.methods import Method, build_method
+from protossl.methods import Method
 from protossl.reports.embedding import subsample_indices
 from protossl.reports.runs import RunRecord
+from protossl.runs.checkpoint import load_method as load_training_method
 
 __all__ = ["RunProbe", "TestProbe", "load_method", "probe_run"]
 
@@ -87,21 +86,9 @@ class RunProbe:
 
 def load_method(checkpoint: Path) -> Method:
     """The method of a protossl training checkpoint, in evaluation mode, on the CPU."""
-    state = load_checkpoint(checkpoint)
-    if (
-        state.get("format") != "protossl"
-        or not isinstance(state.get("config"), dict)
-        or not isinstance(state.get("method"), dict)
-    ):
-        raise UserError(f"{checkpoint} is not a protossl training checkpoint")
-    method = build_method(config_from_dict(state["config"]))
-    try:
-        method.load_state_dict(state["method"])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{checkpoint}: weights do not match its config ({first})") from None
+    method = load_training_method(checkpoint).method
     require_finite_weights(method, checkpoint)
-    return method.eval()
+    return method
 
 
 def probe_run(

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from protossl.core.errors import UserError
+from protossl.core.files import atomic_write_text
 from protossl.diagnostics import uniqueness_curve
-from protossl.engine.checkpoint import atomic_write_text
-from protossl.errors import UserError
 from protossl.reports import figures as plots
 from protossl.reports.embedding import subsample_indices, tsne_2d
 from protossl.reports.html import Figure, Section, Table, render_page

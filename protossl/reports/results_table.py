@@ -41,7 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
+from protossl.core.run_layout import RunPaths
 from protossl.reports.html import Section, Table
 
 __all__ = ["CellStats", "ResultsGroup", "group_results", "results_markdown", "results_sections"]
@@ -116,7 +117,7 @@ def _number(value: Any) -> float | None:
 def _label(sweep_dir: Path, row: dict[str, Any]) -> str:
     """The run's preset-like label (dino, dino-kp, ...) from its config, else its preset."""
     folder = sweep_dir / str(row["run"])
-    if (folder / "config.yaml").is_file():
+    if RunPaths(folder).config.is_file():
         from protossl.reports.runs import read_run
 
         label = read_run(folder, str(row["run"])).label
@@ -232,11 +233,11 @@ def _cell(stats: CellStats | None, kind: str, n: int) -> str:
 def _setup(sweep_dir: Path, done: Sequence[dict[str, Any]]) -> str | None:
     """One line on what was trained: from the first finished run's config.yaml and the
     rows' step counts (so the table says which protocol its numbers belong to)."""
-    from protossl.safe_yaml import load_yaml_file
+    from protossl.core.safe_yaml import load_yaml_file
 
     parts: list[str] = []
     for row in done:
-        path = sweep_dir / str(row["run"]) / "config.yaml"
+        path = RunPaths(sweep_dir / str(row["run"])).config
         if not path.is_file():
             continue
         try:

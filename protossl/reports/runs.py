@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protossl.core.errors import UserError
+from protossl.core.run_layout import RunPaths
+from protossl.core.safe_yaml import load_yaml_file
 from protossl.diagnostics import DEFAULT_EPS
-from protossl.errors import UserError
-from protossl.safe_yaml import load_yaml_file
 
 __all__ = [
     "RunRecord",
@@ -136,7 +137,7 @@ class RunRecord:
 
     @property
     def checkpoint(self) -> Path | None:
-        path = self.path / "checkpoints" / "last.pt"
+        path = RunPaths(self.path).last_checkpoint
         return path if path.is_file() else None
 
     @property
@@ -188,7 +189,7 @@ def is_run_folder(path: Path) -> bool:
     """
     if not path.is_dir():
         return False
-    if (path / "config.yaml").is_file():
+    if RunPaths(path).config.is_file():
         return any((path / marker).is_file() for marker in RUN_MARKERS)
     return any((path / marker).is_file() for marker in RUN_MARKERS if marker != "summary.json")
 
@@ -207,15 +208,15 @@ def read_run(path: Path, name: str | None = None, row: dict[str, Any] | None = N
     """Read one run folder (never fails on a damaged file: it becomes a note)."""
     notes: list[str] = []
     config: Any = None
-    if (path / "config.yaml").is_file():
+    if RunPaths(path).config.is_file():
         try:
-            config = load_yaml_file(path / "config.yaml", "config")
+            config = load_yaml_file(RunPaths(path).config, "config")
         except UserError as exc:
             notes.append(f"config.yaml ignored: {exc}")
-    summary = _read_json(path / "summary.json", notes)
+    summary = _read_json(RunPaths(path).summary, notes)
     metrics: list[dict[str, Any]] = []
-    if (path / "metrics.jsonl").is_file():
-        for line in (path / "metrics.jsonl").read_text(errors="replace").splitlines():
+    if RunPaths(path).metrics.is_file():
+        for line in RunPaths(path).metrics.read_text(errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 
 
 class CollectiveError(RuntimeError):

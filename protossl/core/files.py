@@ -8,7 +8,7 @@ Two promises of the command line (see the design document) live here:
   the new checkpoint, even if the process dies mid-write;
 * a checkpoint from the internet never executes code: :func:`load_checkpoint`
   always uses ``torch.load(..., weights_only=True)`` and turns every failure into
-  a one-line :class:`~protossl.errors.UserError`.
+  a one-line :class:`~protossl.core.errors.UserError`.
 
 ``weights_only=True`` accepts tensors, Python scalars, strings, ``None`` and
 lists / tuples / dicts of those, but refuses numpy arrays and scalars. Pass
@@ -30,7 +30,7 @@ from typing import IO, Any, cast
 import numpy as np
 import torch
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 
 __all__ = [
     "atomic_write_bytes",
@@ -165,7 +165,7 @@ def _refusal_message(path: Path, err: pickle.UnpicklingError) -> str | None:
     name = match.group(1)
     hint = (
         " If you saved it yourself, convert numpy values with "
-        "protossl.engine.checkpoint.to_weights_only_safe before saving."
+        "protossl.core.files.to_weights_only_safe before saving."
         if name.startswith("numpy")
         else ""
     )

@@ -26,15 +26,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from protossl.engine.run_folder import MARKER_NAME, is_run_folder
-from protossl.errors import UserError
+from protossl.core.run_layout import CHECKPOINTS_DIR, RUN_STATE_FILES
+from protossl.core.errors import UserError
+from protossl.runs.folder import is_run_folder
 
-__all__ = ["RUN_STATE_FILES", "check_output_file", "check_output_folder", "protected_reason"]
+__all__ = ["check_output_file", "check_output_folder", "protected_reason"]
 
-# What a run folder needs to resume, analyze and report; no command output goes there.
-RUN_STATE_FILES = frozenset(
-    {"config.yaml", "metrics.jsonl", "summary.json", MARKER_NAME, ".lock", "train.log", "eval.log"}
-)
+# RUN_STATE_FILES (core.run_layout): what a run folder needs to resume, analyze and
+# report; no command output goes there.
 # What a sweep folder needs to resume.
 _SWEEP_STATE_FILES = frozenset({"results.json", "results.csv", "sweep.yaml"})
 
@@ -74,7 +73,7 @@ def protected_reason(path: str | Path) -> str | None:
 def _run_of_checkpoints_folder(folder: Path) -> Path | None:
     """The run whose ``checkpoints/`` folder is ``folder`` or holds it, else None."""
     for candidate in (folder, *folder.parents):
-        if candidate.name == "checkpoints" and is_run_folder(candidate.parent):
+        if candidate.name == CHECKPOINTS_DIR and is_run_folder(candidate.parent):
             return candidate.parent
     return None
 

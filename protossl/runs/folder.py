@@ -33,13 +33,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from protossl.errors import UserError
-from protossl.safe_yaml import load_yaml_file
+from protossl.core.run_layout import (
+    EVAL_LOG_NAME,
+    LOCK_NAME,
+    MARKER_NAME,
+    TRAIN_LOG_NAME,
+    RunPaths,
+)
+from protossl.core.safe_yaml import load_yaml_file
+from protossl.core.errors import UserError
 
-MARKER_NAME = "run.json"
-LOCK_NAME = ".lock"
 # What ``protossl sweep`` may leave in a run folder before its training starts.
-_SWEEP_FILES = frozenset({"train.log", "eval.log", MARKER_NAME, LOCK_NAME})
+_SWEEP_FILES = frozenset({TRAIN_LOG_NAME, EVAL_LOG_NAME, MARKER_NAME, LOCK_NAME})
 
 try:  # POSIX
     import fcntl
@@ -49,10 +54,10 @@ except ImportError:  # pragma: no cover - Windows: no locking
 
 def is_run_folder(path: str | Path) -> bool:
     """True for a folder protossl wrote a run into (marker, or an older run's files)."""
-    root = Path(path)
-    if (root / MARKER_NAME).is_file() or (root / "checkpoints" / "last.pt").is_file():
+    paths = RunPaths(Path(path))
+    if paths.marker.is_file() or paths.last_checkpoint.is_file():
         return True
-    config = root / "config.yaml"
+    config = paths.config
     if not config.is_file():
         return False
     try:
@@ -65,7 +70,7 @@ def is_run_folder(path: str | Path) -> bool:
 def write_marker(path: str | Path) -> None:
     """Create ``path`` if needed and write its ``run.json`` unless it has one."""
     from protossl import __version__
-    from protossl.engine.checkpoint import atomic_write_text
+    from protossl.core.files import atomic_write_text
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
@@ -160,7 +165,7 @@ def remove_stale_temporaries(path: str | Path) -> int:
     """
     removed = 0
     root = Path(path)
-    for folder in (root, root / "checkpoints"):
+    for folder in (root, RunPaths(root).checkpoints):
         if not folder.is_dir():
             continue
         for entry in os.scandir(folder):

@@ -10,7 +10,7 @@ protossl reads (presets, ``--config``, ``--set`` values, sweep files, a run's
 * refuses a text longer than :data:`MAX_YAML_CHARS`;
 * counts the document's nodes *with every alias expanded* (each alias counts its whole
   subtree) and refuses more than :data:`MAX_YAML_NODES` before anything is constructed;
-* turns every failure into a one-line :class:`~protossl.errors.UserError`.
+* turns every failure into a one-line :class:`~protossl.core.errors.UserError`.
 
 Example:
     >>> load_yaml("model: {num_prototypes: 1024}", "config")
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from protossl.errors import UserError
+from protossl.core.errors import UserError
 
 __all__ = ["MAX_YAML_CHARS", "MAX_YAML_NODES", "load_yaml", "load_yaml_file"]
 
