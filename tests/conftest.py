@@ -17,3 +17,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# The tiny CNN run most trainer-level tests start from: digits at 8 px, one local crop, a
+# 3-layer CNN, no kNN during training, one torch thread. A test states only what differs
+# (its K, batch, epochs), so its reference numbers stay its own.
+TINY_CNN: dict[str, object] = {
+    "data.spec": "digits@lt=100",  # 354 training images
+    "data.image_size": 8,
+    "data.num_local_crops": 1,
+    "model.backbone": "cnn_tiny",
+    "monitor.eval_knn": "false",
+    "num_threads": 1,
+}
+
+
+def tiny_overrides(**changes: object) -> list[str]:
+    """``--set`` items: :data:`TINY_CNN` updated with ``changes`` (dots written as ``__``).
+
+    Example: ``tiny_overrides(model__num_prototypes=16, data__batch_size=64)``.
+    """
+    merged = dict(TINY_CNN)
+    merged.update({key.replace("__", "."): value for key, value in changes.items()})
+    return [f"{key}={value}" for key, value in merged.items()]

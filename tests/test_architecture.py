@@ -27,6 +27,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("engine",),  # the trainer
     ("reports",),
     ("sweep", "demo"),
+    ("commands",),  # one module per sub-command
     ("cli",),
     ("__main__",),
 ]
@@ -83,3 +84,20 @@ def test_the_checker_sees_lazy_and_relative_forms(tmp_path: Path) -> None:
         "import protossl.reports.figures\nfrom protossl import cli\n"
     )
     assert _imported_packages(probe) == {"engine", "reports", "cli"}
+
+
+def test_the_command_line_lists_every_checkpoint_layout() -> None:
+    from protossl.commands.common import CHECKPOINT_FORMATS
+    from protossl.diagnostics.checkpoints import FORMAT_CHOICES
+
+    assert list(CHECKPOINT_FORMATS) == list(FORMAT_CHOICES)
+
+
+def test_parsing_a_command_line_imports_no_torch() -> None:
+    # Start-up stays fast, and Ctrl-C during it is clean (cli.main): torch comes later.
+    import subprocess
+    import sys
+
+    code = "import sys, protossl.cli; protossl.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

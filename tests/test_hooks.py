@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from protossl.config import Config, load_config
 from protossl.core.errors import UserError
@@ -21,23 +22,17 @@ from protossl.engine.hooks import PROTOTYPE_STRATEGIES, TrainerHook
 from protossl.engine.trainer import Trainer
 from protossl.runs.checkpoint import read_training_checkpoint
 
-TINY = [
-    "data.spec=digits@lt=100",
-    "data.batch_size=64",
-    "data.num_local_crops=1",
-    "data.image_size=8",
-    "model.backbone=cnn_tiny",
-    "model.num_prototypes=16",
-    "model.head_hidden_dim=32",
-    "model.bottleneck_dim=8",
-    "optim.epochs=3",
-    "optim.warmup_epochs=1",
-    "optim.freeze_last_layer_epochs=0",
-    "monitor.monitor_samples=32",
-    "monitor.eval_knn=false",
-    "num_threads=1",
-    "model.prototype_strategy=test-reseed-row-0",
-]
+TINY = tiny_overrides(
+    data__batch_size=64,
+    model__num_prototypes=16,
+    model__head_hidden_dim=32,
+    model__bottleneck_dim=8,
+    optim__epochs=3,
+    optim__warmup_epochs=1,
+    optim__freeze_last_layer_epochs=0,
+    monitor__monitor_samples=32,
+    model__prototype_strategy="test-reseed-row-0",
+)
 EVERY = 3
 
 

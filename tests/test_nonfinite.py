@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from PIL import Image
 
 from protossl.cli import main
@@ -17,20 +18,16 @@ from protossl.core.files import load_checkpoint, save_checkpoint_atomic
 from protossl.engine.trainer import Trainer
 from protossl.evaluation.finite import nonfinite_rows, require_finite_features
 
-TINY = [
-    "model.backbone=cnn_tiny",
-    "model.num_prototypes=24",
-    "model.head_hidden_dim=32",
-    "model.bottleneck_dim=16",
-    "data.num_local_crops=1",
-    "data.batch_size=8",
-    "data.image_size=8",
-    "optim.epochs=1",
-    "optim.max_steps=2",
-    "monitor.eval_knn=false",
-    "monitor.monitor_samples=8",
-    "num_threads=1",
-]
+TINY = tiny_overrides(
+    data__spec="digits",
+    model__num_prototypes=24,
+    model__head_hidden_dim=32,
+    model__bottleneck_dim=16,
+    data__batch_size=8,
+    optim__epochs=1,
+    optim__max_steps=2,
+    monitor__monitor_samples=8,
+)
 BAD_ROWS = (3, 7)
 
 

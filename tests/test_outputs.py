@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from protossl.cli import main
 from protossl.config import load_config
@@ -14,20 +15,16 @@ from protossl.core.errors import UserError
 from protossl.engine.trainer import Trainer
 from protossl.runs.outputs import check_output_file, check_output_folder, protected_reason
 
-TINY = [
-    "model.backbone=cnn_tiny",
-    "model.num_prototypes=16",
-    "model.head_hidden_dim=16",
-    "model.bottleneck_dim=8",
-    "data.num_local_crops=1",
-    "data.batch_size=16",
-    "data.image_size=8",
-    "optim.epochs=1",
-    "optim.max_steps=2",
-    "monitor.eval_knn=false",
-    "monitor.monitor_samples=8",
-    "num_threads=1",
-]
+TINY = tiny_overrides(
+    data__spec="digits",
+    model__num_prototypes=16,
+    model__head_hidden_dim=16,
+    model__bottleneck_dim=8,
+    data__batch_size=16,
+    optim__epochs=1,
+    optim__max_steps=2,
+    monitor__monitor_samples=8,
+)
 RUN_STATE = ["config.yaml", "metrics.jsonl", "summary.json", "run.json", "checkpoints/last.pt"]
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from protossl.config import Config, config_from_dict
-from protossl.core.run_layout import CHECKPOINT_FORMAT, RunPaths
-from protossl.core.files import load_checkpoint, save_checkpoint_atomic
 from protossl.core.errors import UserError
+from protossl.core.files import load_checkpoint, save_checkpoint_atomic
+from protossl.core.run_layout import CHECKPOINT_FORMAT, RunPaths
 from protossl.methods import Method, build_method
 
 __all__ = [

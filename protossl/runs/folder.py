@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from protossl.core.errors import UserError
 from protossl.core.run_layout import (
     EVAL_LOG_NAME,
     LOCK_NAME,
@@ -41,7 +42,6 @@ from protossl.core.run_layout import (
     RunPaths,
 )
 from protossl.core.safe_yaml import load_yaml_file
-from protossl.core.errors import UserError
 
 # What ``protossl sweep`` may leave in a run folder before its training starts.
 _SWEEP_FILES = frozenset({TRAIN_LOG_NAME, EVAL_LOG_NAME, MARKER_NAME, LOCK_NAME})

@@ -26,8 +26,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from protossl.core.run_layout import CHECKPOINTS_DIR, RUN_STATE_FILES
 from protossl.core.errors import UserError
+from protossl.core.run_layout import CHECKPOINTS_DIR, RUN_STATE_FILES
 from protossl.runs.folder import is_run_folder
 
 __all__ = ["check_output_file", "check_output_folder", "protected_reason"]
