@@ -277,8 +277,9 @@ def run_demo(out: Path, epochs: int | None = None, parallel: bool = True) -> lis
     table = format_table(rows)
     total = time.perf_counter() - started
     note = (
-        f"K prototypes, M unique at eps {rows[0]['eps']} (design.md), 'used' = prototypes that "
-        f"are some test image's teacher argmax, usage H = entropy of that choice (nats).\n"
+        f"K prototypes, M unique at eps {rows[0]['eps']} (prototypes within eps, chained, count "
+        f"once), 'used' = prototypes that are some test image's teacher argmax, usage H = "
+        f"entropy of that choice (nats).\n"
         f"Both runs: same seed and steps; {epochs} epochs; total demo time {total / 60:.1f} min.\n"
         f"{REFERENCE_NOTE}"
     )

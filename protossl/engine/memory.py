@@ -1,7 +1,7 @@
 """A lower bound on a configuration's training memory, checked before anything is allocated.
 
-A typo such as ``model.num_prototypes=100000000`` used to be found only when PyTorch
-failed to allocate, seconds into building the model (or when the kernel killed the
+Without it, a typo such as ``model.num_prototypes=100000000`` is found only when PyTorch
+fails to allocate, seconds into building the model (or when the kernel kills the
 process). :func:`check_training_memory` counts the tensors whose size the configuration
 fixes exactly and refuses, with the estimate in one line, a configuration that cannot
 fit in the memory this process can use.

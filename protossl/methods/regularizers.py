@@ -37,8 +37,8 @@ class Regularizers(nn.Module):
     """Holds the configured regularizers and sums the terms that apply.
 
     Each argument of :meth:`forward` may be None when a method has no such
-    input; a configured regularizer whose input is missing is an error at
-    construction time of the method, not silently skipped (see ``require``).
+    input; a configured regularizer whose input is missing raises a ``ValueError``
+    at the first step instead of being skipped silently.
     """
 
     def __init__(

@@ -197,7 +197,7 @@ def cnn_tiny(image_size: int) -> Backbone:
     """A plain 3-layer CNN (64 -> 128/2 -> 128, BatchNorm + ReLU, average pool).
 
     The backbone an independent lightly-built DINO learns with on ``digits`` on two
-    CPU cores (design.md, known pitfalls); any image size >= 2 px.
+    CPU cores (docs/recipe.md); any image size >= 2 px.
 
     Example:
         >>> cnn_tiny(8)(torch.zeros(2, 3, 8, 8)).shape

@@ -55,7 +55,7 @@ class PrototypeLayer(nn.Module):
 
         The identity for normalized prototypes. A vMF layer adds
         ``temperature * log C_p(kappa_k)`` so that after the division the logits are
-        ``<w_k, y> / tau + log C_p(||w_k|| / tau)`` (design.md).
+        ``<w_k, y> / tau + log C_p(||w_k|| / tau)`` (DINO-vMF, Govindarajan et al., ICLR 2023).
         """
         del temperature
         return scores
@@ -67,7 +67,7 @@ class VMFPrototypeLayer(PrototypeLayer):
     From Govindarajan et al., "DINO as a von Mises-Fisher mixture model" (ICLR
     2023): prototype k is a vMF component with mean direction w_k / ||w_k|| and
     concentration kappa_k = ||w_k|| / tau, so its logit gets the vMF
-    log-normalizer, ``l_k = <w_k, y> / tau + log C_p(kappa_k)`` (design.md).
+    log-normalizer, ``l_k = <w_k, y> / tau + log C_p(kappa_k)``.
     :meth:`forward` returns the scores ``<w_k, y>``; :meth:`adjust_logits` adds
     ``tau * log C_p(||w_k|| / tau)`` with the temperature of the branch (the
     student's for the student, the teacher's for the teacher: the two define

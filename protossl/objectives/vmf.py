@@ -28,9 +28,9 @@ torch only (it runs on the GPU; no scipy at run time):
    N to nu, and ``log I`` follows from the ratios.
 
 The gradient is d/dkappa log C_p(kappa) = -I_(p/2)(kappa) / I_(p/2-1)(kappa)
-(design.md); the backward of the custom autograd function multiplies by that
-ratio, which step 1 or 2 already computed, instead of differentiating the
-expansion through autograd.
+(Govindarajan et al., ICLR 2023, appendix); the backward of the custom autograd
+function multiplies by that ratio, which step 1 or 2 already computed, instead of
+differentiating the expansion through autograd.
 
 Example:
     >>> kappa = torch.tensor([0.0, 10.0, 1000.0], requires_grad=True)

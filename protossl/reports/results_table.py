@@ -152,7 +152,7 @@ def tail_group(rows: Sequence[dict[str, Any]]) -> str | None:
 def _columns(tail: str | None) -> list[tuple[str, str, str]]:
     """(row key, header, format) of every metric column; format: count, ratio or percent."""
     columns = [("M", "M", "count"), ("M_over_K", "M/K", "ratio")]
-    # Collapse's other face: how many prototypes are anyone's argmax (design.md pitfalls).
+    # Collapse's other face: how many prototypes are anyone's argmax (docs/collapse.md).
     columns += [("usage.prototypes_used", "used", "count")]
     columns += [("eval.knn_top1@20", "kNN@20 top-1 %", "percent")]
     columns += [("eval.linear_top1", "linear top-1 %", "percent")]
