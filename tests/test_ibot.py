@@ -7,6 +7,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,9 @@ from protossl.config import Config, load_config
 from protossl.core.errors import UserError
 from protossl.data.masking import BlockMasking, block_mask
 from protossl.engine.schedules import linear_warmup_schedule
+from protossl.engine.trainer import Schedules
 from protossl.methods import StepContext, build_method
-from protossl.methods.ibot import IBOT, warmup_temperature
+from protossl.methods.ibot import IBOT
 from protossl.objectives.ibot import MaskedPatchCrossEntropy, masked_patch_cross_entropy
 
 TINY = [
@@ -220,19 +222,86 @@ def test_patch_loss_rejects_bad_shapes() -> None:
 # ------------------------------------------------------------- schedules
 
 
-def test_patch_temperature_ramp_matches_the_trainer_schedule() -> None:
+def test_trainer_schedules_warm_up_the_patch_temperature_with_the_class_one() -> None:
+    # The trainer computes iBOT's patch teacher temperature once, with the class-token
+    # ramp's function and length (both end points included, cut to the run's length).
     for warmup_epochs, steps_per_epoch, total in [(3, 4, 20), (1, 1, 5), (10, 3, 12), (0, 5, 9)]:
+        cfg = tiny(
+            "ibot",
+            f"objective.warmup_teacher_temp_epochs={warmup_epochs}",
+            "objective.warmup_teacher_temp=0.02",
+            "objective.teacher_temp=0.05",
+        )
+        schedules = Schedules.from_config(cfg, total, steps_per_epoch)
         expected = linear_warmup_schedule(0.04, 0.07, warmup_epochs * steps_per_epoch, total)
+        assert np.array_equal(schedules.patch_teacher_temp, expected)
+        ramp = min(warmup_epochs * steps_per_epoch, total)
         for step in range(total):
-            ctx = StepContext(step=step, steps_per_epoch=steps_per_epoch, total_steps=total)
-            got = warmup_temperature(0.04, 0.07, warmup_epochs, ctx)
-            assert got == pytest.approx(float(expected[step]), abs=1e-12)
+            # Written out independently of linear_warmup_schedule.
+            if step >= ramp:
+                want = 0.07
+            elif ramp == 1:
+                want = 0.04
+            else:
+                want = 0.04 + 0.03 * step / (ramp - 1)
+            assert float(schedules.patch_teacher_temp[step]) == pytest.approx(want, abs=1e-12)
+        if ramp > 0:
+            assert float(schedules.patch_teacher_temp[0]) == 0.04
+        # Warmed up together: both reach their final value at the same step.
+        still_warming = np.flatnonzero(schedules.teacher_temp != 0.05)
+        assert np.array_equal(np.flatnonzero(schedules.patch_teacher_temp != 0.07), still_warming)
 
 
-def test_patch_temperature_without_context_is_the_final_value() -> None:
+def test_patch_temperature_comes_from_the_context() -> None:
     method = build_ibot(tiny("ibot", "objective.warmup_teacher_temp_epochs=3"))
     assert method.patch_temperature(None) == 0.07
-    assert method.patch_temperature(StepContext(step=0, steps_per_epoch=2, total_steps=10)) == 0.04
+    # A context built outside the trainer, without a scheduled value: the final value.
+    assert method.patch_temperature(StepContext(step=0, steps_per_epoch=2, total_steps=10)) == 0.07
+    ctx = StepContext(step=0, steps_per_epoch=2, total_steps=10, patch_teacher_temp=0.04)
+    assert method.patch_temperature(ctx) == 0.04
+    out = method.training_step(make_crops(), 0.04, StepContext(patch_teacher_temp=0.05))
+    assert out.terms["patch_teacher_temp"] == 0.05
+
+
+def test_trainer_step_context_carries_the_scheduled_temperatures(tmp_path: Path) -> None:
+    # What replaced iBOT's own copy of the ramp: every step of a real run gets the
+    # trainer's scheduled values through the context, and iBOT uses them.
+    from protossl.engine.trainer import Trainer
+
+    data = _tiny_folder(tmp_path / "images")
+    cfg = tiny(
+        "ibot",
+        f"data.spec=folder:{data}",
+        "data.num_local_crops=1",
+        "optim.epochs=2",
+        "objective.warmup_teacher_temp_epochs=1",
+        "monitor.monitor_samples=8",
+        "monitor.eval_knn=false",
+    )
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    method_step = trainer.method.training_step
+    seen: list[tuple[float, StepContext, float]] = []
+
+    def spy(crops: list[torch.Tensor], teacher_temp: float, context: StepContext | None = None):
+        assert context is not None
+        out = method_step(crops, teacher_temp, context)
+        seen.append((teacher_temp, context, out.terms["patch_teacher_temp"]))
+        return out
+
+    trainer.method.training_step = spy  # type: ignore[method-assign]
+    trainer.fit()
+    assert len(seen) == trainer.total_steps == 2 * trainer.steps_per_epoch >= 4
+    for step, (teacher_temp, context, used) in enumerate(seen):
+        assert (context.step, context.epoch) == (step, step // trainer.steps_per_epoch)
+        assert context.steps_per_epoch == trainer.steps_per_epoch
+        assert context.total_steps == trainer.total_steps
+        assert teacher_temp == float(trainer.schedules.teacher_temp[step])
+        assert context.patch_teacher_temp == float(trainer.schedules.patch_teacher_temp[step])
+        assert used == context.patch_teacher_temp
+    # The warm-up is exercised: from ibot.warmup_patch_teacher_temp to ibot.patch_teacher_temp.
+    assert seen[0][1].patch_teacher_temp == 0.04
+    assert seen[trainer.steps_per_epoch - 1][1].patch_teacher_temp == 0.07
+    assert len({context.patch_teacher_temp for _, context, _ in seen}) == trainer.steps_per_epoch
 
 
 # ------------------------------------------------------------- the method
@@ -318,13 +387,20 @@ def test_separate_centers_are_updated_from_teacher_logits() -> None:
     assert state["patch_target_builder.center"].shape == (1, 48)
 
 
-def _train(method: IBOT, steps: int, lr: float = 1e-3) -> list[float]:
+def _train(method: IBOT, cfg: Config, steps: int, lr: float = 1e-3) -> list[float]:
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=lr)
     crops = make_crops()
+    # The trainer's schedules for a 100-step run of 10 steps per epoch.
+    patch_temps = Schedules.from_config(cfg, total_steps=100, steps_per_epoch=10).patch_teacher_temp
     losses = []
     for step in range(steps):
         torch.manual_seed(123)  # the same masks every step: a fixed batch
-        ctx = StepContext(step=step, steps_per_epoch=10, total_steps=100)
+        ctx = StepContext(
+            step=step,
+            steps_per_epoch=10,
+            total_steps=100,
+            patch_teacher_temp=float(patch_temps[step]),
+        )
         out = method.training_step(crops, teacher_temp=0.04, context=ctx)
         assert math.isfinite(float(out.loss.detach()))
         optimizer.zero_grad()
@@ -337,8 +413,9 @@ def _train(method: IBOT, steps: int, lr: float = 1e-3) -> list[float]:
 
 @pytest.mark.parametrize("preset", ["ibot", "ibot-kp"])
 def test_loss_decreases_on_a_fixed_batch(preset: str) -> None:
-    method = build_ibot(tiny(preset))
-    losses = _train(method, steps=6)
+    cfg = tiny(preset)
+    method = build_ibot(cfg)
+    losses = _train(method, cfg, steps=6)
     assert losses[-1] < 0.8 * losses[0]
     out = method.training_step(make_crops(), teacher_temp=0.04)
     assert out.terms["patch_cross_entropy"] > 0
@@ -347,10 +424,11 @@ def test_loss_decreases_on_a_fixed_batch(preset: str) -> None:
 
 @pytest.mark.parametrize("preset", ["ibot-vmf", "ibot-vmf-kp"])
 def test_vmf_presets_train(preset: str) -> None:
-    method = build_ibot(tiny(preset))
+    cfg = tiny(preset)
+    method = build_ibot(cfg)
     assert type(method.student.head.prototypes).__name__ == "VMFPrototypeLayer"
     assert type(method.target_builder) is type(method.patch_target_builder)
-    losses = _train(method, steps=6)
+    losses = _train(method, cfg, steps=6)
     assert losses[-1] < 0.8 * losses[0]
 
 

@@ -70,16 +70,26 @@ class TrainingDivergedError(UserError):
 
 @dataclass(frozen=True)
 class Schedules:
-    """Per-step values of every scheduled hyper-parameter."""
+    """Per-step values of every scheduled hyper-parameter.
+
+    The one place each schedule is computed: methods get this step's values
+    through :class:`~protossl.methods.StepContext` (``train_step``), not by
+    recomputing them.
+    """
 
     lr: np.ndarray
     weight_decay: np.ndarray
     teacher_momentum: np.ndarray
     teacher_temp: np.ndarray
+    # iBOT's patch-token teacher temperature (Zhou et al., ICLR 2022): its own end
+    # points, warmed up over the same epochs as ``teacher_temp`` (official iBOT's
+    # teacher_temp2 schedule). Computed for every method, used by iBOT only.
+    patch_teacher_temp: np.ndarray
 
     @classmethod
     def from_config(cls, cfg: Config, total_steps: int, steps_per_epoch: int) -> Schedules:
-        op, ob = cfg.optim, cfg.objective
+        op, ob, ib = cfg.optim, cfg.objective, cfg.ibot
+        temp_warmup_steps = ob.warmup_teacher_temp_epochs * steps_per_epoch
         base_lr = op.lr * cfg.data.batch_size / 256.0  # DINO's linear scaling rule
         return cls(
             lr=cosine_schedule(
@@ -88,10 +98,10 @@ class Schedules:
             weight_decay=cosine_schedule(op.weight_decay, op.weight_decay_end, total_steps),
             teacher_momentum=cosine_schedule(op.momentum_teacher, 1.0, total_steps),
             teacher_temp=linear_warmup_schedule(
-                ob.warmup_teacher_temp,
-                ob.teacher_temp,
-                ob.warmup_teacher_temp_epochs * steps_per_epoch,
-                total_steps,
+                ob.warmup_teacher_temp, ob.teacher_temp, temp_warmup_steps, total_steps
+            ),
+            patch_teacher_temp=linear_warmup_schedule(
+                ib.warmup_patch_teacher_temp, ib.patch_teacher_temp, temp_warmup_steps, total_steps
             ),
         )
 
@@ -265,6 +275,7 @@ class Trainer:
             epoch=epoch,
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
+            patch_teacher_temp=float(self.schedules.patch_teacher_temp[step]),
         )
         crops = self.runtime.to_device(crops)
         with self.runtime.autocast():

@@ -19,25 +19,38 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from protossl.config import Config, ModelConfig
+from protossl.config import Config
 from protossl.core.errors import UserError
 from protossl.core.registry import Registry
-from protossl.models import DINOHead
 
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where a training step sits in the run (read-only; the trainer builds it).
+    """Where a training step sits in the run, and its scheduled values (read-only).
 
-    Methods with their own schedules (iBOT's patch teacher temperature, SwAV's
-    frozen prototypes and queue) derive them from these numbers, so a resumed run
-    sees exactly the values an uninterrupted one would.
+    ``Trainer.train_step`` builds it from the global step and the trainer's
+    ``Schedules``, which precompute every schedule once per run from the config.
+    A method reads a scheduled value here instead of recomputing the schedule, so
+    there is one implementation of each and a resumed run sees exactly the values
+    an uninterrupted one would. Step-count rules (SwAV's frozen prototypes and
+    queue start) use ``step`` and ``epoch``.
+
+    Attributes:
+        step: global optimisation step, from 0.
+        epoch: epoch of ``step``.
+        steps_per_epoch: optimisation steps in one epoch.
+        total_steps: optimisation steps in the whole run.
+        patch_teacher_temp: iBOT's patch-token teacher temperature at ``step``
+            (Zhou et al., ICLR 2022: warmed up like DINO's class-token one); None
+            outside the trainer, where iBOT uses the final ``ibot.patch_teacher_temp``.
+            The class-token teacher temperature is ``training_step``'s own argument.
     """
 
     step: int = 0
     epoch: int = 0
     steps_per_epoch: int = 1
     total_steps: int = 1
+    patch_teacher_temp: float | None = None
 
 
 @dataclass
@@ -130,19 +143,6 @@ def _prototype_weight(net: nn.Module) -> torch.Tensor:
     weight = _prototype_layer(net).weight
     assert isinstance(weight, torch.Tensor)  # a Parameter in both prototype layers
     return weight
-
-
-def build_head(model: ModelConfig, in_dim: int, num_prototypes: int | None = None) -> DINOHead:
-    """The configured projection head + prototype layer (``num_prototypes``: default K)."""
-    return DINOHead(
-        in_dim=in_dim,
-        num_prototypes=model.num_prototypes if num_prototypes is None else num_prototypes,
-        hidden_dim=model.head_hidden_dim,
-        bottleneck_dim=model.bottleneck_dim,
-        num_layers=model.head_layers,
-        use_bn=model.use_bn_in_head,
-        prototype_layer=model.prototype_layer,
-    )
 
 
 METHODS: Registry[type[Method]] = Registry("method")

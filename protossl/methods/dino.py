@@ -15,27 +15,18 @@ Example:
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
 
 from protossl.config import Config
-from protossl.methods.base import Method, StepContext, StepOutput, build_head, register_method
+from protossl.methods.base import Method, StepContext, StepOutput, register_method
+from protossl.methods.multicrop import NUM_GLOBAL_CROPS, multicrop_features
 from protossl.methods.regularizers import Regularizers
-from protossl.models import DINOHead, build_backbone
+from protossl.methods.student_teacher import BackboneHead, build_backbone_and_head, frozen_copy
 from protossl.objectives import DINOCrossEntropy, build_target_builder
 
-NUM_GLOBAL_CROPS = 2
 
-
-class StudentTeacherNet(nn.Module):
+class StudentTeacherNet(BackboneHead):
     """Backbone + head; crops of equal resolution go through in one batch."""
-
-    def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
-        super().__init__()
-        self.backbone: nn.Module = backbone
-        self.head: DINOHead = head
 
     def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """Prototype scores [num_crops, B, K] for a list of crops (each [B, 3, H, W])."""
@@ -44,17 +35,9 @@ class StudentTeacherNet(nn.Module):
     def forward_with_features(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores [num_crops, B, K] and backbone features [num_crops, B, D]."""
         batch = crops[0].shape[0]
-        features: list[torch.Tensor] = []
-        start = 0
-        # Like DINO's MultiCropWrapper: one backbone pass per run of same-sized crops,
-        # then one head pass over all of them (so a BatchNorm head sees every crop).
-        while start < len(crops):
-            end = start
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            features.append(self.backbone(torch.cat(crops[start:end])))
-            start = end
-        flat = torch.cat(features)
+        # One head pass over every crop (DINO's MultiCropWrapper): a BatchNorm head
+        # normalizes global and local crops together.
+        flat = multicrop_features(self.backbone, crops)
         return self.head(flat).view(len(crops), batch, -1), flat.view(len(crops), batch, -1)
 
 
@@ -65,12 +48,8 @@ class DINO(Method):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         m, o = cfg.model, cfg.objective
-        backbone = build_backbone(m.backbone, cfg.data.image_size)
-        head = build_head(m, in_dim=backbone.embed_dim)
-        self.student: StudentTeacherNet = StudentTeacherNet(backbone, head)
-        self.teacher: StudentTeacherNet = copy.deepcopy(self.student)
-        for param in self.teacher.parameters():
-            param.requires_grad_(False)
+        self.student: StudentTeacherNet = StudentTeacherNet(*build_backbone_and_head(cfg))
+        self.teacher: StudentTeacherNet = frozen_copy(self.student)
         self.student_temp = o.student_temp
         self.teacher_temp = o.teacher_temp  # for evaluation logits (vMF heads need it)
         self.cross_entropy = DINOCrossEntropy(student_temp=o.student_temp)

@@ -13,7 +13,9 @@ the EMA teacher as the online tokenizer:
   (:func:`~protossl.objectives.ibot.masked_patch_cross_entropy`), with a second
   target builder (its own center, as the official ``center2``) and a patch
   teacher temperature warmed up from ``ibot.warmup_patch_teacher_temp`` to
-  ``ibot.patch_teacher_temp`` over ``objective.warmup_teacher_temp_epochs``;
+  ``ibot.patch_teacher_temp`` over ``objective.warmup_teacher_temp_epochs``
+  (the trainer's ``Schedules`` compute it; it reaches the method as
+  ``StepContext.patch_teacher_temp``);
 - ``loss = class loss + ibot.patch_loss_weight * patch loss``, plus the
   optional regularizers (KoLeo-proto on the class head's prototypes, ...).
 
@@ -26,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 
 import torch
@@ -35,28 +36,13 @@ from torch import nn
 from protossl.config import Config
 from protossl.core.errors import UserError
 from protossl.data.masking import BlockMasking
-from protossl.methods.base import Method, StepContext, StepOutput, build_head, register_method
+from protossl.methods.base import Method, StepContext, StepOutput, register_method
+from protossl.methods.multicrop import NUM_GLOBAL_CROPS, multicrop_features
 from protossl.methods.regularizers import Regularizers
-from protossl.models import DINOHead, ViTBackbone, build_backbone
+from protossl.methods.student_teacher import build_backbone_and_head, build_head, frozen_copy
+from protossl.models import DINOHead, ViTBackbone
 from protossl.objectives import DINOCrossEntropy, build_target_builder
 from protossl.objectives.ibot import MaskedPatchCrossEntropy
-
-NUM_GLOBAL_CROPS = 2
-
-
-def warmup_temperature(start: float, end: float, warmup_epochs: int, context: StepContext) -> float:
-    """The temperature at ``context.step`` of a linear ramp over ``warmup_epochs`` epochs.
-
-    The same ramp as the trainer's class-token teacher temperature
-    (:func:`protossl.engine.schedules.linear_warmup_schedule`: both end points
-    included, the ramp cut to the run's length), so the two warm up together.
-    """
-    ramp = min(warmup_epochs * context.steps_per_epoch, context.total_steps)
-    if context.step >= ramp:
-        return end
-    if ramp == 1:
-        return start
-    return start + (end - start) * context.step / (ramp - 1)
 
 
 class IBOTNet(nn.Module):
@@ -97,15 +83,7 @@ class IBOTNet(nn.Module):
     def forward_locals(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """Class scores [L, B, K] of the (unmasked) local crops; one pass per crop size."""
         batch = crops[0].shape[0]
-        features: list[torch.Tensor] = []
-        start = 0
-        while start < len(crops):
-            end = start
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            features.append(self.backbone(torch.cat(crops[start:end])))
-            start = end
-        return self.head(torch.cat(features)).view(len(crops), batch, -1)
+        return self.head(multicrop_features(self.backbone, crops)).view(len(crops), batch, -1)
 
 
 @register_method("ibot")
@@ -115,7 +93,7 @@ class IBOT(Method):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         m, o, ib = cfg.model, cfg.objective, cfg.ibot
-        backbone = build_backbone(m.backbone, cfg.data.image_size)
+        backbone, head = build_backbone_and_head(cfg)
         if not isinstance(backbone, ViTBackbone):
             raise UserError(
                 f"method 'ibot' needs a ViT backbone for its patch tokens (got "
@@ -128,17 +106,12 @@ class IBOT(Method):
                 f"model.patch_num_prototypes ({m.patch_num_prototypes}) must be null or equal "
                 f"model.num_prototypes ({m.num_prototypes}); or set model.shared_head=false"
             )
-        head = build_head(m, in_dim=backbone.embed_dim)
         patch_head = None if m.shared_head else build_head(m, backbone.embed_dim, patch_k)
         self.student: IBOTNet = IBOTNet(backbone, head, patch_head)
-        self.teacher: IBOTNet = copy.deepcopy(self.student)
-        for param in self.teacher.parameters():
-            param.requires_grad_(False)
+        self.teacher: IBOTNet = frozen_copy(self.student)
         self.student_temp = o.student_temp
         self.teacher_temp = o.teacher_temp  # for evaluation logits (vMF heads need it)
-        self.patch_teacher_temp = ib.patch_teacher_temp
-        self.warmup_patch_teacher_temp = ib.warmup_patch_teacher_temp
-        self.warmup_epochs = o.warmup_teacher_temp_epochs
+        self.patch_teacher_temp = ib.patch_teacher_temp  # without a scheduled value
         self.patch_loss_weight = ib.patch_loss_weight
         self.masking = BlockMasking(mask_ratio=ib.mask_ratio, mask_probability=ib.mask_probability)
         self.cross_entropy = DINOCrossEntropy(student_temp=o.student_temp)
@@ -154,12 +127,14 @@ class IBOT(Method):
         self.regularizers = Regularizers.from_config(o, num_prototypes=m.num_prototypes)
 
     def patch_temperature(self, context: StepContext | None) -> float:
-        """Patch teacher temperature at this step (the final value without a context)."""
-        if context is None:
+        """Patch teacher temperature at this step: the context's scheduled value.
+
+        The trainer's ``Schedules`` warm it up (as the class-token one, Zhou et al.
+        2022); without a context or a value in it, the final ``ibot.patch_teacher_temp``.
+        """
+        if context is None or context.patch_teacher_temp is None:
             return self.patch_teacher_temp
-        return warmup_temperature(
-            self.warmup_patch_teacher_temp, self.patch_teacher_temp, self.warmup_epochs, context
-        )
+        return context.patch_teacher_temp
 
     def draw_masks(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """Block masks [V, B, rows, cols] on the CPU for the global crops (global torch RNG).

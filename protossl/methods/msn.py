@@ -42,17 +42,17 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
-from torch import nn
 
 from protossl.config import Config
 from protossl.core.errors import UserError
-from protossl.methods.base import Method, StepContext, StepOutput, build_head, register_method
+from protossl.methods.base import Method, StepContext, StepOutput, register_method
+from protossl.methods.multicrop import multicrop_features
 from protossl.methods.regularizers import Regularizers
-from protossl.models import DINOHead, ViTBackbone, build_backbone
+from protossl.methods.student_teacher import BackboneHead, build_backbone_and_head, frozen_copy
+from protossl.models import ViTBackbone
 from protossl.objectives import build_target_builder
 from protossl.objectives.msn import msn_cross_entropy
 
@@ -76,13 +76,8 @@ def num_kept_patches(num_patches: int, mask_ratio: float) -> int:
     return max(1, math.floor(num_patches * (1.0 - mask_ratio) + 1e-9))
 
 
-class MSNNet(nn.Module):
+class MSNNet(BackboneHead):
     """Backbone + projection head (MLP -> L2-normalized bottleneck -> cosine prototype scores)."""
-
-    def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
-        super().__init__()
-        self.backbone: nn.Module = backbone
-        self.head: DINOHead = head
 
     def features(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone features [B, D]; ``keep`` [B, N_keep]: patch indices a ViT keeps."""
@@ -112,18 +107,15 @@ class MSN(Method):
                 f"method 'msn' scores anchors by cosine similarity to the prototypes, so it needs "
                 f"model.prototype_layer=normalized (got {m.prototype_layer!r})"
             )
-        backbone = build_backbone(m.backbone, cfg.data.image_size)
+        backbone, head = build_backbone_and_head(cfg)
         if ms.mask_ratio > 0 and not isinstance(backbone, ViTBackbone):
             raise UserError(
                 f"method 'msn' drops anchor patches, which needs a ViT backbone (got "
                 f"model.backbone={m.backbone}); set model.backbone=vit_tiny or vit_small, "
                 "or msn.mask_ratio=0 to train without masking"
             )
-        head = build_head(m, in_dim=backbone.embed_dim)
         self.student: MSNNet = MSNNet(backbone, head)
-        self.teacher: MSNNet = copy.deepcopy(self.student)
-        for param in self.teacher.parameters():
-            param.requires_grad_(False)
+        self.teacher: MSNNet = frozen_copy(self.student)
         self.student_temp = float(o.student_temp)
         self.teacher_temp = float(o.teacher_temp)  # for evaluation logits
         self.mask_ratio = float(ms.mask_ratio)
@@ -153,19 +145,19 @@ class MSN(Method):
     ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Student scores [A, B, K], features [A, B, D] and the kept fraction of masked anchors.
 
-        One backbone pass per run of same-sized anchors; runs of ``masked_size``
-        (the target's size) drop patches when ``mask_ratio`` > 0. One head pass over
-        all anchors, so a BatchNorm head sees every anchor view.
+        One backbone pass per run of same-sized anchors
+        (:func:`~protossl.methods.multicrop.multicrop_features`); runs of
+        ``masked_size`` (the target's size) drop patches when ``mask_ratio`` > 0.
+        One head pass over all anchors, so a BatchNorm head sees every anchor view.
         """
         batch = anchors[0].shape[0]
-        features: list[torch.Tensor] = []
         kept_fraction = 1.0
-        start = 0
-        while start < len(anchors):
-            end = start
-            while end < len(anchors) and anchors[end].shape[-2:] == anchors[start].shape[-2:]:
-                end += 1
-            images = torch.cat(anchors[start:end])
+
+        def encode(images: torch.Tensor) -> torch.Tensor:
+            # MSN's own part of the multi-crop pass: the target-sized run drops patches
+            # (indices drawn from the global RNG right before its pass); focal anchors
+            # keep all of theirs, as official deit.py.
+            nonlocal kept_fraction
             height, width = (int(s) for s in images.shape[-2:])
             keep = None
             if self.mask_ratio > 0 and (height, width) == masked_size:
@@ -174,9 +166,9 @@ class MSN(Method):
                 keep = self.draw_keep(images.shape[0], rows * cols)
                 kept_fraction = keep.shape[1] / (rows * cols)
                 keep = keep.to(images.device, non_blocking=True)
-            features.append(self.student.features(images, keep))
-            start = end
-        flat = torch.cat(features)
+            return self.student.features(images, keep)
+
+        flat = multicrop_features(encode, anchors)
         scores = self.student.head(flat)
         views = len(anchors)
         return scores.view(views, batch, -1), flat.view(views, batch, -1), kept_fraction

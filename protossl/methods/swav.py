@@ -30,22 +30,16 @@ from torch import nn
 from protossl.config import Config
 from protossl.core import distributed
 from protossl.core.errors import UserError
-from protossl.methods.base import Method, StepContext, StepOutput, build_head, register_method
+from protossl.methods.base import Method, StepContext, StepOutput, register_method
+from protossl.methods.multicrop import NUM_GLOBAL_CROPS, multicrop_features
 from protossl.methods.regularizers import Regularizers
-from protossl.models import DINOHead, build_backbone
+from protossl.methods.student_teacher import BackboneHead, build_backbone_and_head
 from protossl.objectives import multicrop_cross_entropy
 from protossl.objectives.sinkhorn import sinkhorn_knopp
 
-NUM_GLOBAL_CROPS = 2
 
-
-class SwAVNet(nn.Module):
+class SwAVNet(BackboneHead):
     """Backbone + head (MLP -> normalized bottleneck -> prototypes), over all crops."""
-
-    def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
-        super().__init__()
-        self.backbone: nn.Module = backbone
-        self.head: DINOHead = head
 
     def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """Prototype scores [num_crops, B, K]."""
@@ -56,17 +50,9 @@ class SwAVNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores [V, B, K], bottleneck embeddings [V, B, p] and backbone features [V, B, D]."""
         batch = crops[0].shape[0]
-        features: list[torch.Tensor] = []
-        start = 0
-        # One backbone pass per run of same-sized crops (SwAV's multi-resolution
-        # forward), then one head pass over all crops (a BatchNorm head sees them all).
-        while start < len(crops):
-            end = start
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            features.append(self.backbone(torch.cat(crops[start:end])))
-            start = end
-        flat = torch.cat(features)
+        # SwAV's multi-resolution forward, then one head pass over all crops (a
+        # BatchNorm head sees them all).
+        flat = multicrop_features(self.backbone, crops)
         embeddings = self.head.embed(flat)
         scores = self.head.prototypes(embeddings)
         views = len(crops)
@@ -119,9 +105,8 @@ class SwAV(Method):
                 "method 'swav' takes its Sinkhorn-Knopp settings from swav.epsilon and "
                 "swav.sinkhorn_iterations; remove objective.target_options"
             )
-        backbone = build_backbone(m.backbone, cfg.data.image_size)
-        head = build_head(m, in_dim=backbone.embed_dim)
-        self.student: SwAVNet = SwAVNet(backbone, head)
+        # No teacher to copy: SwAV trains one network (see the class docstring).
+        self.student: SwAVNet = SwAVNet(*build_backbone_and_head(cfg))
         self.student_temp = float(o.student_temp)
         self.epsilon = float(s.epsilon)
         self.sinkhorn_iterations = int(s.sinkhorn_iterations)
