@@ -192,6 +192,11 @@ def test_random_sigint_and_sigkill_then_resume_is_bit_identical(
         code, lines = child.finish()
         if code == 0:  # it finished before the signal: nothing to check for this one
             continue
+        if code == -signal.SIGINT and lines and lines[-1].rstrip().endswith(str(run)):
+            # The signal came after the run had finished and printed its summary, while the
+            # interpreter exited: nothing left to lose, and no traceback either.
+            assert not any("Traceback" in line for line in lines), lines
+            continue
         hit += 1
         if sig == signal.SIGINT:
             assert code == 130, lines

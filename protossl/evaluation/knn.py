@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from protossl.core.neighbours import iter_tiled_topk
+
 __all__ = ["DEFAULT_MEMORY_BUDGET", "knn_accuracy", "knn_classify", "knn_predict", "knn_search"]
 
 # 256 MiB of float32 similarities per chunk: big enough that a BLAS call amortises its
@@ -101,17 +103,14 @@ def _search_chunks(
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yield ``(start, sims, indices)`` of the top-k neighbours, block by block of test rows.
 
-    The similarity block is allocated once and written in place by ``torch.mm(out=...)``:
-    a fresh 256 MiB buffer per chunk would be returned to the OS and page-faulted back
-    every time, which costs as much as the matrix product itself on CPU.
+    Each block of test rows is one tile as wide as the train bank (``block_cols=None``),
+    so its neighbours come from one ``torch.topk`` over its full similarity rows: the
+    order among equal similarities, which can decide a vote, is the untiled search's.
+    The tile lives in one buffer written in place by ``torch.mm(out=...)``: a fresh
+    256 MiB block per chunk would be returned to the OS and page-faulted back every
+    time, which costs as much as the matrix product itself on CPU.
     """
-    train_t = train_n.T  # a view; BLAS reads it transposed without a copy
-    block = torch.empty(min(rows, test_n.shape[0]), train_n.shape[0], device=train_n.device)
-    for start in range(0, test_n.shape[0], rows):
-        chunk = test_n[start : start + rows]
-        sims = torch.mm(chunk, train_t, out=block[: chunk.shape[0]])
-        top_sims, top_idx = sims.topk(k, dim=1, largest=True, sorted=True)
-        yield start, top_sims, top_idx
+    return iter_tiled_topk(test_n, train_n, k, block_rows=rows)
 
 
 def knn_search(

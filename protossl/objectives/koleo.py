@@ -8,12 +8,13 @@ Self-Supervised Methods") it keeps prototypes from collapsing onto each other.
 
 Large K. The nearest neighbour of every row is found by an exact *blocked*
 search: ``block_size x block_size`` tiles of the similarity matrix with a running
-max/argmax, so the N x N matrix (16 GiB at K = 65,536) is never stored. The
-choice is discrete and made without gradient; the loss then recomputes only the
-N chosen distances differentiably. :class:`KoLeoProto` can also reuse, between
-exact refreshes every ``refresh_every`` steps, the top ``num_candidates``
-neighbours found by the last refresh (see its docstring and
-docs/koleo_large_k.md for how exact that stays).
+max/argmax (the shared :mod:`protossl.core.neighbours`), so the N x N matrix
+(16 GiB at K = 65,536) is never stored. The choice is discrete and made without
+gradient; the loss then recomputes only the N chosen distances differentiably.
+:class:`KoLeoProto` can also reuse, between exact refreshes every ``refresh_every``
+steps, the top ``num_candidates`` neighbours found by the last refresh (see its
+docstring and docs/koleo_large_k.md for how exact that stays). The differentiable
+path and that candidate cache are KoLeo's own and stay here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from protossl.core.neighbours import BestFold, TopKFold, score_tiles, tiled_best
 
 # Floor on squared distances before the square root. d sqrt(u)/du is infinite at
 # u = 0, and for exactly duplicated rows the chain rule then multiplies 0 * inf
@@ -45,62 +48,34 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an integer >= 1 (got {value!r})")
 
 
-def _blocked_search(
-    x: Tensor, block_size: int, num_candidates: int = 0
-) -> tuple[Tensor, Tensor | None]:
-    """Exact nearest other row (and optionally the top ``num_candidates``) by tiles.
+def _neighbors_and_candidates(
+    x: Tensor, block_size: int, num_candidates: int
+) -> tuple[Tensor, Tensor]:
+    """Exact nearest other row and the top ``num_candidates`` other rows, from one pass.
 
-    Row block ``[r0, r1)`` is compared with column block ``[c0, c1)`` in one
-    ``block_size x block_size`` matmul into a reused buffer; a running max/argmax
-    (strictly greater wins, so ties go to the lowest index, as ``argmax`` on the
-    full matrix does) and a running top-C are kept per row. Peak extra memory is
-    one tile plus O(N * C).
+    Both are folded from the same ``block_size x block_size`` tiles of
+    :func:`protossl.core.neighbours.score_tiles` (one matmul per tile into a reused
+    buffer, the diagonal masked): the nearest by :class:`~protossl.core.neighbours.BestFold`
+    (ties to the lowest index, as ``argmax`` on the full matrix and as
+    :func:`nearest_neighbor_indices`), the candidates by
+    :class:`~protossl.core.neighbours.TopKFold`. The nearest is not read off the top-C:
+    ``topk`` orders equal scores as it likes, and with more than C tied maxima the lowest
+    index need not even be among them. Peak extra memory is one tile plus O(N * C).
     """
     n = x.shape[0]
     neighbors = torch.empty(n, dtype=torch.long, device=x.device)
-    candidates = (
-        torch.empty(n, num_candidates, dtype=torch.long, device=x.device)
-        if num_candidates
-        else None
-    )
-    edge = min(block_size, n)
-    buffer = torch.empty(edge * edge, dtype=x.dtype, device=x.device)
-    for r0 in range(0, n, block_size):
-        r1 = min(r0 + block_size, n)
-        queries = x[r0:r1]
-        best_val: Tensor | None = None
-        best_idx: Tensor | None = None
-        top_val: Tensor | None = None
-        top_idx: Tensor | None = None
-        for c0 in range(0, n, block_size):
-            c1 = min(c0 + block_size, n)
-            tile = buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-            torch.mm(queries, x[c0:c1].T, out=tile)
-            if c0 == r0:  # aligned square blocks: the diagonal of this tile is i == j
-                tile.diagonal().fill_(float("-inf"))
-            val, idx = tile.max(dim=1)
-            idx += c0
-            if best_val is None or best_idx is None:
-                best_val, best_idx = val, idx
-            else:
-                better = val > best_val
-                best_val = torch.where(better, val, best_val)
-                best_idx = torch.where(better, idx, best_idx)
-            if candidates is not None:
-                tv, ti = tile.topk(min(num_candidates, c1 - c0), dim=1)
-                ti += c0
-                if top_val is not None and top_idx is not None:
-                    tv, ti = torch.cat([top_val, tv], dim=1), torch.cat([top_idx, ti], dim=1)
-                    if tv.shape[1] > num_candidates:
-                        tv, keep = tv.topk(num_candidates, dim=1)
-                        ti = ti.gather(1, keep)
-                top_val, top_idx = tv, ti
-        assert best_idx is not None
-        neighbors[r0:r1] = best_idx
-        if candidates is not None and top_idx is not None:
-            # Sorted by index: CSR layout, and argmax among candidates then breaks
-            # ties towards the lowest index like the exact search.
-            candidates[r0:r1] = top_idx.sort(dim=1).values
+    candidates = torch.empty(n, num_candidates, dtype=torch.long, device=x.device)
+    blocks = score_tiles(x, x, block_rows=block_size, block_cols=block_size, exclude_self=True)
+    for r0, tiles in blocks:
+        best, top = BestFold(), TopKFold(num_candidates)
+        for c0, tile in tiles:
+            best.update(tile, c0)
+            top.update(tile, c0)
+        nearest = best.result()[1]
+        neighbors[r0 : r0 + nearest.numel()] = nearest
+        # Sorted by index: CSR layout, and argmax among candidates then breaks
+        # ties towards the lowest index like the exact search.
+        candidates[r0 : r0 + nearest.numel()] = top.result()[1].sort(dim=1).values
     return neighbors, candidates
 
 
@@ -119,8 +94,8 @@ def nearest_neighbor_indices(x: Tensor, block_size: int = DEFAULT_BLOCK_SIZE) ->
         torch.Size([100])
     """
     _check_positive_int("block_size", block_size)
-    with torch.no_grad():
-        return _blocked_search(x.detach(), block_size)[0]
+    x = x.detach()
+    return tiled_best(x, x, block_rows=block_size, block_cols=block_size, exclude_self=True)[1]
 
 
 def nearest_neighbor_candidates(
@@ -137,11 +112,9 @@ def nearest_neighbor_candidates(
     if x.shape[0] < 2:
         raise ValueError(f"need at least 2 rows (got {x.shape[0]})")
     with torch.no_grad():
-        neighbors, candidates = _blocked_search(
+        return _neighbors_and_candidates(
             x.detach(), block_size, min(num_candidates, x.shape[0] - 1)
         )
-    assert candidates is not None
-    return neighbors, candidates
 
 
 def _candidate_similarities(x: Tensor, candidates: Tensor, sparse: bool) -> Tensor:

@@ -76,7 +76,15 @@ def _tile_edges(
 
 
 class _NearestNeighbors:
-    """Running nearest-neighbour index of every prototype, folded in tile by tile."""
+    """Running nearest-neighbour index of every prototype, folded in tile by tile.
+
+    Not ``protossl.core.neighbours.tiled_best``: this pass visits each pair once (upper
+    tiles, K^2 / 2 work) and shares its Gram tiles with the union-find and the forest,
+    so a tile must inform its columns as well as its rows. The row-only tiled search
+    would do twice the work, and would score pair (i, j), i > j, from the other
+    orientation of the Gram product, whose rounding can pick another of two near-tied
+    neighbours (and so report another re-measured float64 distance).
+    """
 
     def __init__(self, k: int, device: torch.device) -> None:
         self.best = torch.full((k,), math.inf, dtype=torch.float64, device=device)

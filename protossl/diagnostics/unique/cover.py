@@ -253,7 +253,9 @@ class CoverBuilder:
         Returns ``(join, cover, reach)``: rows with a candidate leader within eps, that
         leader's cover (valid where join), and rows that may have a leader within reach.
         With the projection screen the candidate is the nearest leader in projection
-        (verified exactly afterwards); otherwise the nearest by the full screen.
+        (verified exactly afterwards); otherwise the nearest by the full screen. (Not
+        ``protossl.core.neighbours.tiled_best``: only rows that beat both their running
+        best and ``join_dot`` need an argmax, which is what makes this screen cheap.)
         """
         if self.q:
             return self._screen_projected(s, e)

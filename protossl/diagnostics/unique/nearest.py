@@ -48,7 +48,13 @@ from protossl.diagnostics.unique.threads import one_thread
 
 
 class _NearestSearch:
-    """Screened nearest-neighbour candidates among regular rows (positions 0..R-1)."""
+    """Screened nearest-neighbour candidates among regular rows (positions 0..R-1).
+
+    Not ``protossl.core.neighbours``: a top-k keeps a fixed number of keys per row, but
+    exactness here needs every key within the slack of the row's running maximum (any
+    number of them, all re-measured in float64), and ``symmetric`` folds each tile into
+    its rows and its columns (K^2 / 2 work).
+    """
 
     def __init__(
         self,
