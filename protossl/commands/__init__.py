@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from protossl.commands import analyze, dedupe, demo, evaluate, presets, report, sweep, train
+from protossl.commands import (
+    analyze,
+    dedupe,
+    demo,
+    evaluate,
+    export,
+    presets,
+    report,
+    sweep,
+    train,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -18,6 +28,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     analyze,
     dedupe,
     evaluate,
+    export,
     sweep,
     report,
     presets,

@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from timm.models.resnet import BasicBlock, ResNet
@@ -26,13 +28,29 @@ from protossl.core.registry import Registry
 BACKBONES: Registry[Callable[[int], Backbone]] = Registry("backbone")
 
 
-class Backbone(nn.Module):
-    """A feature extractor with a known output width."""
+@dataclass(frozen=True)
+class TimmSpec:
+    """How timm alone rebuilds a backbone's ``net`` (what ``protossl export`` writes).
 
-    def __init__(self, net: nn.Module, embed_dim: int) -> None:
+    ``timm.create_model(model, **kwargs)``, then, when ``cifar_stem`` is set, the
+    ResNet's first convolution replaced by a 3x3 stride-1 one with that many outputs and
+    its max-pool removed (no timm keyword builds that stem); ``load_state_dict`` of the
+    exported weights then gives the same features.
+    """
+
+    model: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    cifar_stem: int = 0  # output channels of the 3x3/1 stem; 0: timm's own stem
+
+
+class Backbone(nn.Module):
+    """A feature extractor with a known output width (and, from timm, its timm spec)."""
+
+    def __init__(self, net: nn.Module, embed_dim: int, timm_spec: TimmSpec | None = None) -> None:
         super().__init__()
         self.net = net
         self.embed_dim = embed_dim
+        self.timm_spec = timm_spec
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -56,8 +74,10 @@ class ViTBackbone(Backbone):
 
     net: VisionTransformer
 
-    def __init__(self, net: VisionTransformer, embed_dim: int) -> None:
-        super().__init__(net, embed_dim)
+    def __init__(
+        self, net: VisionTransformer, embed_dim: int, timm_spec: TimmSpec | None = None
+    ) -> None:
+        super().__init__(net, embed_dim, timm_spec)
         # iBOT's learned embedding of a masked patch (zeros at init, as in iBOT).
         self.mask_token = nn.Parameter(torch.zeros(embed_dim))
 
@@ -106,17 +126,20 @@ def _patch_size(image_size: int) -> int:
 
 
 def _vit(image_size: int, embed_dim: int, depth: int, heads: int) -> ViTBackbone:
-    net = VisionTransformer(
-        img_size=image_size,
-        patch_size=_patch_size(image_size),
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=heads,
-        num_classes=0,  # return the pooled class token
-        dynamic_img_size=True,  # interpolate position embeddings for local crops
-        dynamic_img_pad=True,
+    kwargs: dict[str, Any] = {
+        "img_size": image_size,
+        "patch_size": _patch_size(image_size),
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": heads,
+        "num_classes": 0,  # return the pooled class token
+        "dynamic_img_size": True,  # interpolate position embeddings for local crops
+        "dynamic_img_pad": True,
+    }
+    # timm's registered ViT-S/16 with every size keyword overridden is this same network.
+    return ViTBackbone(
+        VisionTransformer(**kwargs), embed_dim, TimmSpec("vit_small_patch16_224", kwargs)
     )
-    return ViTBackbone(net, embed_dim)
 
 
 @BACKBONES.register("vit_tiny")
@@ -134,20 +157,26 @@ def vit_small(image_size: int) -> ViTBackbone:
 def _small_image_resnet(
     image_size: int, channels: tuple[int, ...], layers: tuple[int, ...]
 ) -> Backbone:
+    kwargs: dict[str, Any] = {
+        "layers": list(layers),
+        "channels": list(channels),
+        "stem_width": channels[0],
+        "num_classes": 0,
+    }
     net = ResNet(
         BasicBlock,  # type: ignore[arg-type]  # timm annotates the class as an instance
-        layers,
-        num_classes=0,
-        channels=channels,
-        stem_width=channels[0],
+        **kwargs,
     )
+    cifar_stem = 0
     if image_size <= 64:
         # CIFAR-style stem: a 7x7/2 convolution and a max-pool would leave a 16 px
         # image with 4x4 maps before the first block.
         stem_out = int(net.conv1.weight.shape[0])  # type: ignore[union-attr,index]
         net.conv1 = nn.Conv2d(3, stem_out, kernel_size=3, stride=1, padding=1, bias=False)  # type: ignore[assignment]
         net.maxpool = nn.Identity()  # type: ignore[assignment]
-    return Backbone(net, channels[-1])
+        cifar_stem = stem_out
+    # timm's resnet18 is BasicBlock ResNet; layers/channels/stem_width override its sizes.
+    return Backbone(net, channels[-1], TimmSpec("resnet18", kwargs, cifar_stem))
 
 
 @BACKBONES.register("resnet_tiny")
@@ -173,6 +202,7 @@ class PlainConvNet(nn.Module):
 
     def __init__(self, widths: tuple[int, int] = (64, 128)) -> None:
         super().__init__()
+        self.widths = widths
         c1, c2 = widths
         self.features = nn.Sequential(
             *_conv_bn_relu(3, c1, stride=1),
