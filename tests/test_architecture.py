@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("models",),  # the vMF prototype layer uses objectives' normalizer
     ("methods",),
     ("runs",),  # run folders, outputs, the training checkpoint format
-    ("evaluation",),
+    ("evaluation", "export"),  # export: a run's backbone for timm alone
     ("engine",),  # the trainer
     ("reports",),
     ("sweep", "demo"),
