@@ -18,7 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser(
         "eval", help="evaluate frozen features (kNN, linear, few-shot, clustering, long-tail)"
     )
-    evaluate.add_argument("run", help="run directory or checkpoint file")
+    evaluate.add_argument(
+        "run",
+        help="run directory, checkpoint file, or a released DINO / iBOT / DINOv2 ViT file",
+    )
     evaluate.add_argument(
         "--data", required=True, help="data spec whose train split is the labelled pool"
     )
@@ -33,6 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="backbone",
         choices=["backbone", "bottleneck"],
         help="teacher backbone output or the head's bottleneck (default: backbone)",
+    )
+    evaluate.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="evaluation image size (default: the run's; a released backbone's native size)",
     )
     evaluate.add_argument("--batch-size", type=positive_int, default=256, help="images per pass")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
@@ -55,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         device=args.device,
         batch_size=args.batch_size,
+        image_size=args.image_size,
         progress=not args.json and sys.stderr.isatty(),
     )
     if args.json:

@@ -35,13 +35,14 @@ from protossl.core.errors import UserError
 from protossl.core.files import atomic_write_text
 from protossl.core.run_layout import CHECKPOINTS_DIR, RunPaths
 from protossl.data import EvalTransform, ImageDataset, load_dataset, parse_data_spec
-from protossl.diagnostics.checkpoints import resolve_checkpoint_path
+from protossl.diagnostics.checkpoints.common import open_checkpoint
 from protossl.evaluation.cache import FeatureCache, dataset_fingerprint, feature_key, file_digest
 from protossl.evaluation.features import FEATURE_KINDS, extract_features, feature_encoder
 from protossl.evaluation.fewshot import DEFAULT_DRAWS, DEFAULT_SHOTS
 from protossl.evaluation.finite import require_finite_features, require_finite_weights
 from protossl.evaluation.protocols import EVAL_PROTOCOLS, EvalInputs
-from protossl.runs.checkpoint import LoadedRun, load_method
+from protossl.evaluation.released import ReleasedMethod, released_run
+from protossl.runs.checkpoint import LoadedRun, is_training_state, method_from_state
 from protossl.runs.folder import FolderLock
 
 __all__ = ["DEFAULT_KS", "PROTOCOLS", "evaluate_run", "format_results", "parse_protocols"]
@@ -68,8 +69,15 @@ def parse_protocols(protocols: str | Sequence[str]) -> list[str]:
     return chosen
 
 
-def _load_method(run: str | Path) -> LoadedRun:
-    loaded = load_method(resolve_checkpoint_path(run), "eval needs one")
+def _load_method(run: str | Path, image_size: int | None = None) -> LoadedRun:
+    """A protossl run or checkpoint, or else a released DINO / iBOT / DINOv2 backbone."""
+    checkpoint = open_checkpoint(run)  # code-free; admits the official files' saved args
+    if is_training_state(checkpoint.state):
+        loaded = method_from_state(checkpoint.state, checkpoint.file)
+        if image_size is not None:
+            loaded.cfg.data.image_size = image_size
+    else:
+        loaded = released_run(checkpoint, image_size)
     require_finite_weights(loaded.method, loaded.file)
     return loaded
 
@@ -203,6 +211,7 @@ def evaluate_run(
     device: str = "cpu",
     batch_size: int = 256,
     progress: bool = False,
+    image_size: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     linear_epochs: int = 100,
     shots: Sequence[int] = DEFAULT_SHOTS,
@@ -221,6 +230,8 @@ def evaluate_run(
         device: ``cpu``, ``cuda`` or ``auto`` for the forward passes.
         batch_size: Images per forward pass.
         progress: Show progress bars (stderr).
+        image_size: Evaluation image size (default: the run's training size; for a
+            released backbone its native size).
         ks, linear_epochs, shots, draws: Protocol settings (see docs/evaluation.md).
 
     Returns:
@@ -228,7 +239,7 @@ def evaluate_run(
         "cache"}`` with ``results`` a flat dict of numbers (None where undefined).
 
     Raises:
-        UserError: Unknown protocol or feature kind, missing or foreign checkpoint,
+        UserError: Unknown protocol or feature kind, missing or unknown checkpoint,
             bad data spec, mismatched classes, invalid summary.json.
     """
     chosen = parse_protocols(protocols)
@@ -236,8 +247,18 @@ def evaluate_run(
         raise UserError(f"unknown --features '{features}'; use one of: {', '.join(FEATURE_KINDS)}")
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1 (got {batch_size})")
+    if image_size is not None and image_size < 1:
+        raise UserError(f"image size must be >= 1 (got {image_size})")
     run_path = Path(run)
-    loaded = _load_method(run_path)
+    loaded = _load_method(run_path, image_size)
+    if isinstance(loaded.method, ReleasedMethod):
+        needs_logits = [p for p in chosen if EVAL_PROTOCOLS[p].needs_logits]
+        if needs_logits or features != "backbone":
+            raise UserError(
+                f"{loaded.file} is a released backbone without protossl's head: "
+                f"{', '.join(needs_logits) or '--features ' + features} cannot run on it; "
+                "use --features backbone and the protocols knn, linear, fewshot, longtail"
+            )
     summary = _read_summary(run_path)
     # Recording into a run's summary.json makes this process a writer of the run folder.
     with FolderLock(run_path) if summary is not None else contextlib.nullcontext():

@@ -36,7 +36,9 @@ __all__ = [
     "MIGRATIONS",
     "LoadedRun",
     "config_of_run",
+    "is_training_state",
     "load_method",
+    "method_from_state",
     "read_training_checkpoint",
     "save_training_checkpoint",
     "training_state",
@@ -98,6 +100,16 @@ def _migrate(state: dict[str, Any], path: Path) -> dict[str, Any]:
     return state
 
 
+def is_training_state(state: Any) -> bool:
+    """Whether a loaded checkpoint dict is a protossl training checkpoint."""
+    return (
+        isinstance(state, dict)
+        and state.get("format") == CHECKPOINT_FORMAT
+        and isinstance(state.get("config"), dict)
+        and isinstance(state.get("method"), dict)
+    )
+
+
 def read_training_checkpoint(path: str | Path, why: str = "") -> dict[str, Any]:
     """A protossl training checkpoint, checked and migrated to the current version.
 
@@ -111,11 +123,7 @@ def read_training_checkpoint(path: str | Path, why: str = "") -> dict[str, Any]:
     """
     path = Path(path)
     state = load_checkpoint(path)
-    if (
-        state.get("format") != CHECKPOINT_FORMAT
-        or not isinstance(state.get("config"), dict)
-        or not isinstance(state.get("method"), dict)
-    ):
+    if not is_training_state(state):
         raise UserError(f"{path} is not a protossl training checkpoint{'; ' + why if why else ''}")
     return _migrate(state, path)
 
@@ -154,7 +162,19 @@ def load_method(file: str | Path, why: str = "") -> LoadedRun:
             the checkpoint's own configuration.
     """
     file = Path(file)
-    state = read_training_checkpoint(file, why)
+    return method_from_state(read_training_checkpoint(file, why), file)
+
+
+def method_from_state(state: dict[str, Any], file: Path) -> LoadedRun:
+    """:func:`load_method` for a checkpoint dict already loaded from ``file``.
+
+    Raises:
+        UserError: not a protossl training checkpoint, a newer version, or weights that
+            do not fit the checkpoint's own configuration.
+    """
+    if not is_training_state(state):
+        raise UserError(f"{file} is not a protossl training checkpoint")
+    state = _migrate(state, file)
     cfg = config_from_dict(state["config"])
     method = build_method(cfg)
     try:
