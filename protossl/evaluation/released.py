@@ -14,18 +14,21 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from protossl.config import Config
 from protossl.core.errors import UserError
-from protossl.diagnostics.checkpoints.common import Checkpoint
+from protossl.diagnostics.checkpoints.common import Checkpoint, open_checkpoint
+from protossl.evaluation.finite import require_finite_weights
 from protossl.methods import Method
 from protossl.models.backbones import Backbone
 from protossl.models.released import released_from_checkpoint
-from protossl.runs.checkpoint import LoadedRun
+from protossl.runs.checkpoint import LoadedRun, is_training_state, method_from_state
 
-__all__ = ["ReleasedMethod", "released_run"]
+__all__ = ["ReleasedMethod", "load_for_evaluation", "released_run"]
 
 
 class ReleasedMethod(Method):
@@ -56,3 +59,26 @@ def released_run(checkpoint: Checkpoint, image_size: int | None) -> LoadedRun:
     cfg.model.backbone = f"released:{released.layout}"
     cfg.data.image_size = image_size or released.image_size
     return LoadedRun(ReleasedMethod(released.backbone).eval(), cfg, checkpoint.file)
+
+
+def load_for_evaluation(run: str | Path, image_size: int | None = None) -> LoadedRun:
+    """A protossl run or checkpoint, or else a released DINO / iBOT / DINOv2 backbone,
+    with finite weights (what ``eval`` and ``embed`` read).
+
+    Args:
+        run: A run directory (its ``checkpoints/last.pt``) or a checkpoint file.
+        image_size: Evaluation image size; None: the run's training size (a released
+            backbone's native size).
+
+    Raises:
+        UserError: missing, unsafe or unknown file; weights that are not finite.
+    """
+    checkpoint = open_checkpoint(run)  # code-free; admits the official files' saved args
+    if is_training_state(checkpoint.state):
+        loaded = method_from_state(checkpoint.state, checkpoint.file)
+        if image_size is not None:
+            loaded.cfg.data.image_size = image_size
+    else:
+        loaded = released_run(checkpoint, image_size)
+    require_finite_weights(loaded.method, loaded.file)
+    return loaded

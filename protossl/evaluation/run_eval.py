@@ -35,14 +35,13 @@ from protossl.core.errors import UserError
 from protossl.core.files import atomic_write_text
 from protossl.core.run_layout import CHECKPOINTS_DIR, RunPaths
 from protossl.data import EvalTransform, ImageDataset, load_dataset, parse_data_spec
-from protossl.diagnostics.checkpoints.common import open_checkpoint
 from protossl.evaluation.cache import FeatureCache, dataset_fingerprint, feature_key, file_digest
 from protossl.evaluation.features import FEATURE_KINDS, extract_features, feature_encoder
 from protossl.evaluation.fewshot import DEFAULT_DRAWS, DEFAULT_SHOTS
-from protossl.evaluation.finite import require_finite_features, require_finite_weights
+from protossl.evaluation.finite import require_finite_features
 from protossl.evaluation.protocols import EVAL_PROTOCOLS, EvalInputs
-from protossl.evaluation.released import ReleasedMethod, released_run
-from protossl.runs.checkpoint import LoadedRun, is_training_state, method_from_state
+from protossl.evaluation.released import ReleasedMethod, load_for_evaluation
+from protossl.runs.checkpoint import LoadedRun
 from protossl.runs.folder import FolderLock
 
 __all__ = ["DEFAULT_KS", "PROTOCOLS", "evaluate_run", "format_results", "parse_protocols"]
@@ -67,19 +66,6 @@ def parse_protocols(protocols: str | Sequence[str]) -> list[str]:
             f"use a comma-separated subset of: {', '.join(PROTOCOLS)}"
         )
     return chosen
-
-
-def _load_method(run: str | Path, image_size: int | None = None) -> LoadedRun:
-    """A protossl run or checkpoint, or else a released DINO / iBOT / DINOv2 backbone."""
-    checkpoint = open_checkpoint(run)  # code-free; admits the official files' saved args
-    if is_training_state(checkpoint.state):
-        loaded = method_from_state(checkpoint.state, checkpoint.file)
-        if image_size is not None:
-            loaded.cfg.data.image_size = image_size
-    else:
-        loaded = released_run(checkpoint, image_size)
-    require_finite_weights(loaded.method, loaded.file)
-    return loaded
 
 
 def _default_cache_dir(run: Path, file: Path) -> Path:
@@ -250,7 +236,7 @@ def evaluate_run(
     if image_size is not None and image_size < 1:
         raise UserError(f"image size must be >= 1 (got {image_size})")
     run_path = Path(run)
-    loaded = _load_method(run_path, image_size)
+    loaded = load_for_evaluation(run_path, image_size)
     if isinstance(loaded.method, ReleasedMethod):
         needs_logits = [p for p in chosen if EVAL_PROTOCOLS[p].needs_logits]
         if needs_logits or features != "backbone":
