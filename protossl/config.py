@@ -4,6 +4,8 @@ A run is fully described by one :class:`Config`. It is built from a preset
 (``protossl/presets/NAME.yaml``), then an optional YAML file, then ``--set``
 overrides, and validated before anything is trained. Invalid values raise
 :class:`protossl.core.errors.UserError` with one line naming the key and the fix.
+This module holds the run-level settings; each method's own section (``ibot:``,
+``msn:``, ``swav:``) is defined and registered in :mod:`protossl.method_config`.
 
 Example:
     >>> cfg = load_config(preset="dino-kp", overrides=["model.num_prototypes=256"])
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,8 +25,12 @@ from typing import Any
 
 import yaml
 
+from protossl.core.coerce import coerce
 from protossl.core.errors import UserError
 from protossl.core.safe_yaml import load_yaml, load_yaml_file
+from protossl.method_config import SECTIONS, MethodSection, add_section_fields, require
+
+_S = typing.TypeVar("_S", bound=MethodSection)
 
 # The optimizers of protossl.engine.optimizers (named here: config never imports the engine).
 OPTIMIZER_NAMES = ("adamw", "sgd")
@@ -140,39 +145,14 @@ class RuntimeConfig:
 
 
 @dataclass
-class IBOTConfig:
-    """iBOT's masked image modeling (Zhou et al., ICLR 2022; official defaults)."""
-
-    mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # per-image range
-    mask_probability: float = 0.5  # fraction of images in a batch that are masked
-    patch_teacher_temp: float = 0.07
-    warmup_patch_teacher_temp: float = 0.04
-    patch_loss_weight: float = 1.0  # lambda2 (class-token loss weight lambda1 = 1)
-
-
-@dataclass
-class MSNConfig:
-    """MSN / PMSN (Assran et al., ECCV 2022; PMSN: Assran et al., ICLR 2023)."""
-
-    mask_ratio: float = 0.15  # fraction of the anchor's patches dropped (ViT-S)
-    sharpen_temp: float = 0.25  # target sharpening T
-    use_sinkhorn: bool = True
-
-
-@dataclass
-class SwAVConfig:
-    """SwAV (Caron et al., NeurIPS 2020; official defaults)."""
-
-    epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
-    freeze_prototypes_steps: int = 313  # official: the first 313 iterations
-    queue_length: int = 0  # 0: no queue
-    queue_start_epoch: int = 15
-
-
-@dataclass
+@add_section_fields
 class Config:
-    """The whole run."""
+    """The whole run: run-level settings, then one field per method section.
+
+    The sections (``ibot``, ``msn``, ``swav``) are defined and registered next to their
+    methods' settings in :mod:`protossl.method_config`; read one typed with
+    :meth:`section`, or as an attribute (``cfg.ibot.mask_ratio``).
+    """
 
     method: str = "dino"
     seed: int = 0
@@ -183,13 +163,28 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    ibot: IBOTConfig = field(default_factory=IBOTConfig)
-    msn: MSNConfig = field(default_factory=MSNConfig)
-    swav: SwAVConfig = field(default_factory=SwAVConfig)
+
+    if typing.TYPE_CHECKING:
+        # The section fields, added at import time: typed ``Any`` here; section() is typed.
+        def __getattr__(self, name: str) -> Any: ...
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON friendly)."""
         return dataclasses.asdict(self)
+
+    def section(self, kind: type[_S]) -> _S:
+        """The method section of type ``kind`` (registered in ``SECTIONS``).
+
+        >>> from protossl.method_config import IBOTConfig
+        >>> Config().section(IBOTConfig).mask_ratio
+        [0.1, 0.5]
+        """
+        for name, registered in SECTIONS.items():
+            if registered is kind:
+                value = getattr(self, name)
+                assert isinstance(value, kind)
+                return value
+        raise KeyError(f"{kind.__qualname__} is not a registered config section")
 
 
 # ---------------------------------------------------------------------------
@@ -235,10 +230,6 @@ def _read_yaml_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 # ---------------------------------------------------------------------------
 # Merging
 
@@ -251,73 +242,6 @@ def _did_you_mean(name: str, candidates: list[str]) -> str:
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a YAML or command-line value to the annotated type, or raise UserError."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if origin is list:
-        if isinstance(value, str):
-            try:
-                value = load_yaml(value, key)
-            except UserError:
-                raise UserError(f"{key} must be a list like [0.4, 1.0] (got {value!r})") from None
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{key} must be a list like [0.4, 1.0] (got {value!r})")
-        return [_coerce(v, args[0], key) for v in value]
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise UserError(f"{key} must be true or false (got {value!r})")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise UserError(f"{key} must be an integer (got {value!r})")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value))
-        except ValueError:
-            raise UserError(f"{key} must be an integer (got {value!r})") from None
-    if annotation is float:
-        if isinstance(value, bool):
-            raise UserError(f"{key} must be a number (got {value!r})")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{key} must be a number (got {value!r})") from None
-        if not math.isfinite(number):
-            raise UserError(f"{key} must be a finite number (got {value!r})")
-        return number
-    if origin is dict:
-        if isinstance(value, str):
-            try:
-                value = load_yaml(value, key)
-            except UserError:
-                value = None
-        if not isinstance(value, dict):
-            raise UserError(f"{key} must be a mapping like {{name: value}} (got {value!r})")
-        return dict(value)
-    if annotation is str:
-        if not isinstance(value, (str, int, float)):
-            raise UserError(f"{key} must be a string (got {value!r})")
-        return str(value)
-    return value
 
 
 def _merge_into(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
@@ -337,13 +261,13 @@ def _merge_into(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             # keeps the preset's other options.
             merged = dict(current)
             merged.update(value)
-            setattr(obj, key, _coerce(merged, types[key], full))
+            setattr(obj, key, coerce(merged, types[key], full))
         elif dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise UserError(f"{full} must be a mapping of keys (got {value!r})")
             _merge_into(current, value, prefix=f"{full}.")
         else:
-            setattr(obj, key, _coerce(value, types[key], full))
+            setattr(obj, key, coerce(value, types[key], full))
 
 
 def _override_to_nested(override: str) -> dict[str, Any]:
@@ -415,9 +339,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 # Validation
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
+_require = require
 
 
 def validate(cfg: Config) -> None:
@@ -510,22 +432,6 @@ def validate(cfg: Config) -> None:
         rt.precision in ("fp32", "bf16", "fp16"),
         f"runtime.precision must be fp32, bf16 or fp16 (got {rt.precision!r})",
     )
-    ib, ms, sw = cfg.ibot, cfg.msn, cfg.swav
-    _require(
-        len(ib.mask_ratio) == 2 and 0 <= ib.mask_ratio[0] <= ib.mask_ratio[1] < 1,
-        f"ibot.mask_ratio must be [low, high] with 0 <= low <= high < 1 (got {ib.mask_ratio})",
-    )
-    _require(0 <= ib.mask_probability <= 1, "ibot.mask_probability must be in [0, 1]")
-    _require(
-        ib.patch_teacher_temp > 0 and ib.warmup_patch_teacher_temp > 0,
-        "ibot.patch_teacher_temp and ibot.warmup_patch_teacher_temp must be > 0",
-    )
-    _require(ib.patch_loss_weight >= 0, "ibot.patch_loss_weight must be >= 0")
-    _require(0 <= ms.mask_ratio < 1, f"msn.mask_ratio must be in [0, 1) (got {ms.mask_ratio})")
-    _require(ms.sharpen_temp > 0, f"msn.sharpen_temp must be > 0 (got {ms.sharpen_temp})")
-    _require(sw.epsilon > 0, f"swav.epsilon must be > 0 (got {sw.epsilon})")
-    _require(sw.sinkhorn_iterations >= 1, "swav.sinkhorn_iterations must be >= 1")
-    _require(sw.freeze_prototypes_steps >= 0, "swav.freeze_prototypes_steps must be >= 0")
-    _require(sw.queue_length >= 0, f"swav.queue_length must be >= 0 (got {sw.queue_length})")
-    _require(sw.queue_start_epoch >= 0, "swav.queue_start_epoch must be >= 0")
+    for name in SECTIONS:  # each method section checks its own keys
+        getattr(cfg, name).validate()
     _require(cfg.num_threads >= 0, f"num_threads must be >= 0 (got {cfg.num_threads})")

@@ -18,6 +18,7 @@ FLOORS: list[tuple[str, ...]] = [
     # The utility floor (errors, registry, collectives, atomic files, YAML, run layout) and
     # the preset YAML files.
     ("core", "presets"),
+    ("method_config",),  # each method's config section (torch-free: config reads them all)
     ("config",),
     ("data", "objectives", "diagnostics"),  # independent of each other
     ("models",),  # the vMF prototype layer uses objectives' normalizer

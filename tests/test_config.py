@@ -414,3 +414,71 @@ def test_optimizer_is_validated_and_built_with_dino_groups() -> None:
     assert [p.shape for p in sgd.param_groups[0]["params"]] == [torch.Size([3, 4])]
     assert len(sgd.param_groups[1]["params"]) == 3 and sgd.param_groups[1]["weight_decay"] == 0
     assert isinstance(build_optimizer("adamw", net), torch.optim.AdamW)
+
+
+# --------------------------------------------------------------- method sections
+
+
+def test_every_method_section_is_a_config_field_after_the_run_level_ones() -> None:
+    from protossl.method_config import SECTIONS, IBOTConfig, MSNConfig, SwAVConfig
+
+    assert dict(SECTIONS) == {"ibot": IBOTConfig, "msn": MSNConfig, "swav": SwAVConfig}
+    names = [f.name for f in dataclasses.fields(Config)]
+    assert names[-len(SECTIONS) :] == list(SECTIONS)  # saved config.yaml keeps its key order
+    cfg = Config()
+    assert cfg.section(MSNConfig) is cfg.msn and isinstance(cfg.swav, SwAVConfig)
+
+
+def test_every_section_belongs_to_a_registered_method() -> None:
+    from protossl.method_config import SECTIONS
+    from protossl.methods import METHODS
+
+    assert set(SECTIONS) <= set(METHODS)
+
+
+def test_a_section_name_cannot_be_registered_twice() -> None:
+    from protossl.method_config import MSNConfig, register_section
+
+    with pytest.raises(ValueError, match="config section 'ibot' is already registered"):
+        register_section("ibot")(MSNConfig)
+
+
+def test_an_unregistered_class_is_not_a_section() -> None:
+    from protossl.method_config import MethodSection
+
+    with pytest.raises(KeyError, match="not a registered config section"):
+        Config().section(MethodSection)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("ibot.mask_ratio=[0.6, 0.2]", "ibot.mask_ratio"),
+        ("ibot.mask_ratio=[0.1, 1.0]", "ibot.mask_ratio"),
+        ("ibot.mask_probability=1.5", "ibot.mask_probability"),
+        ("ibot.patch_teacher_temp=0", "ibot.patch_teacher_temp"),
+        ("ibot.patch_loss_weight=-1", "ibot.patch_loss_weight"),
+        ("msn.mask_ratio=1", "msn.mask_ratio"),
+        ("msn.sharpen_temp=0", "msn.sharpen_temp"),
+        ("swav.epsilon=0", "swav.epsilon"),
+        ("swav.sinkhorn_iterations=0", "swav.sinkhorn_iterations"),
+        ("swav.freeze_prototypes_steps=-1", "swav.freeze_prototypes_steps"),
+        ("swav.queue_length=-1", "swav.queue_length"),
+        ("swav.queue_start_epoch=-1", "swav.queue_start_epoch"),
+    ],
+)
+def test_method_sections_validate_their_own_keys(override: str, key: str) -> None:
+    _raises_user_error(preset="dino", overrides=[override], match=key)
+
+
+def test_a_saved_config_of_an_earlier_run_still_loads(tmp_path: Path) -> None:
+    # The config.yaml format (top-level ibot:, msn:, swav:) is unchanged by the sections.
+    path = tmp_path / "config.yaml"
+    save_config(load_config("ibot"), path)
+    text = path.read_text()
+    assert [line for line in text.splitlines() if not line.startswith(" ")][-3:] == [
+        "ibot:",
+        "msn:",
+        "swav:",
+    ]
+    assert load_config(None, path) == load_config("ibot")

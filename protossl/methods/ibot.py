@@ -36,6 +36,7 @@ from torch import nn
 from protossl.config import Config
 from protossl.core.errors import UserError
 from protossl.data.masking import BlockMasking
+from protossl.method_config import IBOTConfig
 from protossl.methods.base import Method, StepContext, StepOutput, register_method
 from protossl.methods.multicrop import NUM_GLOBAL_CROPS, multicrop_features
 from protossl.methods.regularizers import Regularizers
@@ -92,7 +93,7 @@ class IBOT(Method):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        m, o, ib = cfg.model, cfg.objective, cfg.ibot
+        m, o, ib = cfg.model, cfg.objective, cfg.section(IBOTConfig)  # the ibot: section
         backbone, head = build_backbone_and_head(cfg)
         if not isinstance(backbone, ViTBackbone):
             raise UserError(

@@ -48,6 +48,7 @@ import torch
 
 from protossl.config import Config
 from protossl.core.errors import UserError
+from protossl.method_config import MSNConfig
 from protossl.methods.base import Method, StepContext, StepOutput, register_method
 from protossl.methods.multicrop import multicrop_features
 from protossl.methods.regularizers import Regularizers
@@ -101,7 +102,7 @@ class MSN(Method):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        m, o, ms = cfg.model, cfg.objective, cfg.msn
+        m, o, ms = cfg.model, cfg.objective, cfg.section(MSNConfig)  # the msn: section
         if m.prototype_layer != "normalized":
             raise UserError(
                 f"method 'msn' scores anchors by cosine similarity to the prototypes, so it needs "

@@ -30,6 +30,7 @@ from torch import nn
 from protossl.config import Config
 from protossl.core import distributed
 from protossl.core.errors import UserError
+from protossl.method_config import SwAVConfig
 from protossl.methods.base import Method, StepContext, StepOutput, register_method
 from protossl.methods.multicrop import NUM_GLOBAL_CROPS, multicrop_features
 from protossl.methods.regularizers import Regularizers
@@ -94,7 +95,7 @@ class SwAV(Method):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        m, o, s = cfg.model, cfg.objective, cfg.swav
+        m, o, s = cfg.model, cfg.objective, cfg.section(SwAVConfig)  # the swav: section
         if m.prototype_layer != "normalized":
             raise UserError(
                 f"method 'swav' needs model.prototype_layer=normalized (got "
