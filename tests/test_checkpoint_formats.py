@@ -6,9 +6,9 @@ DINOHead)`` under DistributedDataParallel, iBOT's ``last_layer2``, DINOv2's
 ``ModuleDict`` of ``dino_head`` / ``ibot_head``, MSN's top-level ``prototypes``,
 SwAV's ``MultiPrototypes``, EsViT's ``head_dense``), so the state-dict keys are
 produced by torch itself, not typed by hand. Prototype matrices are tiny (K 12-40,
-p 8) with planted duplicates, so M is known; it is checked against a brute-force
-count written here. Weight-normalized layers are checked against the layer's own
-forward pass.
+p 8) with planted duplicates, so M is known; it is checked against the brute-force
+count of tests/reference.py. Weight-normalized layers are checked against the layer's
+own forward pass.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import brute_force_m
 from torch import nn
 
 from protossl.cli import build_parser, main
@@ -34,27 +35,7 @@ from protossl.diagnostics.checkpoints import FORMAT_CHOICES, FORMATS, read_proto
 P = 8  # bottleneck dimension of every synthetic head
 EPS = 0.025
 
-# ------------------------------------------------------------------ reference maths
-
-
-def brute_force_m(w: torch.Tensor, eps: float = EPS) -> int:
-    """Connected components of ||mu_i - mu_j|| < eps, by an all-pairs loop in float64."""
-    u = w.double()
-    u = u / u.norm(dim=1, keepdim=True)
-    k = u.shape[0]
-    parent = list(range(k))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(k):
-        for j in range(i + 1, k):
-            if float((u[i] - u[j]).norm()) < eps:
-                parent[find(i)] = find(j)
-    return len({find(i) for i in range(k)})
+# ------------------------------------------------------------------ planted prototypes
 
 
 def planted(k: int, groups: int, seed: int) -> torch.Tensor:
@@ -429,7 +410,7 @@ def test_layout_is_detected_and_read_exactly(case: str, tmp_path: Path) -> None:
         assert w.shape == expected.shape and w.dtype == torch.float32
         # Effective prototypes g * v / ||v||: the layer's forward pass, norms included.
         torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-6)
-        m = brute_force_m(expected)
+        m = brute_force_m(expected, EPS)
         assert m == layout.planted_m[name]
         assert count_unique_prototypes(w, EPS).num_unique == m
     # The planted duplicates are real: some head of every layout has M < K.
@@ -556,7 +537,8 @@ def test_key_reads_exactly_that_tensor(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0, err
     result = json.loads(out)
     assert result["format"] == "key" and result["key"] == v_name
-    assert result["heads"][v_name]["M"] == brute_force_m(layout.expected["student/head"]) == 13
+    expected_m = brute_force_m(layout.expected["student/head"], EPS)
+    assert result["heads"][v_name]["M"] == expected_m == 13
 
 
 def test_missing_or_bad_key_is_a_clear_error(
@@ -633,7 +615,7 @@ def test_cli_json_reports_format_and_heads(
     for name, expected in layout.expected.items():
         head = result["heads"][name]
         assert head["K"] == expected.shape[0]
-        assert head["M"] == brute_force_m(expected) == layout.planted_m[name]
+        assert head["M"] == brute_force_m(expected, EPS) == layout.planted_m[name]
         norms = expected.double().norm(dim=1)  # unnormalized heads: norm distribution
         assert head["norm_quantiles"]["q0"] == pytest.approx(float(norms.min()), rel=1e-5)
         assert head["norm_quantiles"]["q100"] == pytest.approx(float(norms.max()), rel=1e-5)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections import deque
 
 import numpy as np
 import pytest
 import torch
+from reference import brute_force_distances, brute_force_labels, brute_force_m
 
 from protossl.diagnostics import (
     DEFAULT_EPS,
@@ -35,39 +35,7 @@ from protossl.diagnostics.unique import inputs as inputs_mod
 from protossl.diagnostics.unique import leaders as leaders_mod
 from protossl.diagnostics.unique import nearest as nearest_mod
 
-# --- independent reference ---------------------------------------------------------------
-
-
-def brute_distances(weights: torch.Tensor) -> torch.Tensor:
-    """Full matrix of direct distances between unit directions (float64).
-
-    Rows are divided by max(norm, 1e-12), so zero rows stay zero (the documented
-    ``F.normalize`` semantics) and tiny rows stay short.
-    """
-    w = weights.to(torch.float64)
-    u = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (u[:, None, :] - u[None, :, :]).norm(dim=-1)
-
-
-def brute_labels(weights: torch.Tensor, eps: float) -> np.ndarray:
-    """BFS components of the eps-graph, numbered in order of smallest member."""
-    adj = (brute_distances(weights) < eps).numpy()
-    k = adj.shape[0]
-    labels = np.full(k, -1, dtype=np.int64)
-    next_label = 0
-    for start in range(k):  # scanning upward makes the numbering canonical
-        if labels[start] >= 0:
-            continue
-        labels[start] = next_label
-        queue = deque([start])
-        while queue:
-            node = queue.popleft()
-            for nb in np.flatnonzero(adj[node]):
-                if labels[nb] < 0:
-                    labels[nb] = next_label
-                    queue.append(nb)
-        next_label += 1
-    return labels
+# --- independent reference (brute force: tests/reference.py) ------------------------------
 
 
 def relabel_canonical(labels: np.ndarray) -> np.ndarray:
@@ -128,7 +96,7 @@ def dense_low_dim(seed: int, k: int = 300, p: int = 3) -> torch.Tensor:
 def test_matches_bruteforce_on_planted_structures(seed: int, eps: float) -> None:
     w = planted_prototypes(seed, eps)
     result = count_unique_prototypes(w, eps=eps, block_size=16)
-    expected = brute_labels(w, eps)
+    expected = brute_force_labels(w, eps)
     assert result.num_unique == int(expected.max()) + 1
     np.testing.assert_array_equal(result.labels, expected)
     # 40 random + 3 dup groups + 2 chains + 2 linked pairs + 4 unlinked singletons.
@@ -140,7 +108,7 @@ def test_matches_bruteforce_on_planted_structures(seed: int, eps: float) -> None
 def test_matches_bruteforce_on_dense_random_graphs(seed: int, eps: float) -> None:
     w = dense_low_dim(seed)
     result = count_unique_prototypes(w, eps=eps, block_size=37)
-    expected = brute_labels(w, eps)
+    expected = brute_force_labels(w, eps)
     np.testing.assert_array_equal(result.labels, expected)
     assert 1 < result.num_unique < w.shape[0]  # the case really has non-trivial groups
 
@@ -218,7 +186,7 @@ def test_float32_and_float16_inputs_give_float64_decisions() -> None:
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         wd = w.to(dtype)
         result = count_unique_prototypes(wd, eps=0.1, block_size=16)
-        np.testing.assert_array_equal(result.labels, brute_labels(wd.to(torch.float64), 0.1))
+        np.testing.assert_array_equal(result.labels, brute_force_labels(wd.to(torch.float64), 0.1))
 
 
 def test_unique_result_fields() -> None:
@@ -279,7 +247,7 @@ def _curve_checks(w: torch.Tensor, eps_values: list[float]) -> None:
     assert [e for e, _ in curve] == sorted(eps_values)
     for eps, m in curve:
         assert m == count_unique_prototypes(w, eps=eps).num_unique
-        assert m == int(brute_labels(w, eps).max()) + 1
+        assert m == int(brute_force_labels(w, eps).max()) + 1
     ms = [m for _, m in curve]
     assert all(x >= y for x, y in zip(ms, ms[1:], strict=False))
     assert ms[0] > ms[-1]  # the grid really spans a change
@@ -307,7 +275,7 @@ def test_uniqueness_curve_compaction_path(monkeypatch: pytest.MonkeyPatch) -> No
     expected = uniqueness_curve(w, eps_values, block_size=16)
     monkeypatch.setattr(constants_mod, "COMPACT_MIN_EDGES", 0)
     assert uniqueness_curve(w, eps_values, block_size=16) == expected
-    assert [m for _, m in expected] == [int(brute_labels(w, e).max()) + 1 for e in eps_values]
+    assert [m for _, m in expected] == [int(brute_force_labels(w, e).max()) + 1 for e in eps_values]
 
 
 def test_uniqueness_curve_rejects_bad_eps() -> None:
@@ -323,7 +291,7 @@ def test_uniqueness_curve_rejects_bad_eps() -> None:
 @pytest.mark.parametrize("block_size", [16, 2048])
 def test_nearest_neighbor_distances_match_bruteforce(block_size: int) -> None:
     w = torch.cat([dense_low_dim(14, k=90, p=6), planted_prototypes(14, 0.05, p=6)])
-    d = brute_distances(w)
+    d = brute_force_distances(w)
     d.fill_diagonal_(math.inf)
     expected = d.min(dim=1).values
     got = nearest_neighbor_distances(w, block_size=block_size)
@@ -486,7 +454,7 @@ def hard_mixture(seed: int, eps: float, p: int = 16) -> torch.Tensor:
 @pytest.mark.parametrize("eps", [0.01, DEFAULT_EPS, 0.1])
 def test_leaders_match_bruteforce_on_hard_mixtures(seed: int, eps: float) -> None:
     w = hard_mixture(seed, eps)
-    expected = brute_labels(w, eps)
+    expected = brute_force_labels(w, eps)
     for block_size in (16, 97):  # many chunks: covers and chains cross chunk boundaries
         result = count_unique_prototypes(w, eps=eps, block_size=block_size, method="leaders")
         assert result.num_unique == int(expected.max()) + 1
@@ -507,7 +475,7 @@ def test_hard_mixture_really_needs_member_links() -> None:
     num_covers = covers.leader.size
     m = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders").num_unique
     assert m < num_covers < w.shape[0]
-    d = brute_distances(w)
+    d = brute_force_distances(w)
     near = ((d - eps).abs() < 2e-6 * eps) & (d > 0)
     assert int((near & (d < eps)).sum()) >= 8 and int((near & (d >= eps)).sum()) >= 8
 
@@ -517,7 +485,7 @@ def test_leaders_match_bruteforce_on_dense_low_dim_graphs() -> None:
     for seed, eps in [(3, 0.05), (4, 0.12), (5, 0.25)]:
         w = dense_low_dim(seed)
         result = count_unique_prototypes(w, eps=eps, block_size=37, method="leaders")
-        np.testing.assert_array_equal(result.labels, brute_labels(w, eps))
+        np.testing.assert_array_equal(result.labels, brute_force_labels(w, eps))
 
 
 def test_leaders_are_permutation_invariant() -> None:
@@ -612,7 +580,7 @@ def test_leaders_float32_input_and_lazy_greedy_path() -> None:
 def test_leaders_small_pair_budget_and_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
     eps = 0.1
     w = hard_mixture(30, eps)
-    expected = brute_labels(w, eps)
+    expected = brute_force_labels(w, eps)
     # Tiny batches: member pairs in slices, one big cover pair at a time.
     monkeypatch.setattr(constants_mod, "PAIR_BUDGET", 8)
     monkeypatch.setattr(constants_mod, "PAIR_CHUNK", 5)
@@ -653,7 +621,7 @@ def test_leaders_screen_falls_back_to_float64(monkeypatch: pytest.MonkeyPatch) -
     w = hard_mixture(40, eps)
     monkeypatch.setattr(cover_mod, "screen_dtype", lambda units: torch.float64)
     result = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
-    np.testing.assert_array_equal(result.labels, brute_labels(w, eps))
+    np.testing.assert_array_equal(result.labels, brute_force_labels(w, eps))
 
 
 def test_count_rejects_unknown_method() -> None:
@@ -682,7 +650,7 @@ def test_leaders_projection_screen_is_conservative(
     for seed, eps in [(50, 0.01), (52, 0.1)]:
         w = hard_mixture(seed, eps, p=p)
         result = count_unique_prototypes(w, eps=eps, block_size=16, method="leaders")
-        np.testing.assert_array_equal(result.labels, brute_labels(w, eps))
+        np.testing.assert_array_equal(result.labels, brute_force_labels(w, eps))
     assert built == [4 if force else 32] * 2
 
 
@@ -699,10 +667,6 @@ def brute_nearest(weights: torch.Tensor, chunk: int = 128) -> torch.Tensor:
         d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = math.inf
         out.append(d.min(dim=1).values)
     return torch.cat(out)
-
-
-def brute_m(weights: torch.Tensor, eps: float) -> int:
-    return int(brute_labels(weights, eps).max()) + 1
 
 
 def odd_rows_mixture(seed: int, eps: float) -> torch.Tensor:
@@ -805,13 +769,13 @@ def test_nearest_neighbors_near_ties_are_exact() -> None:
 def test_uniqueness_curve_exact_on_hard_mixtures(seed: int, eps: float) -> None:
     w = hard_mixture(seed, eps)
     grid = _curve_grid(eps)
-    expected = [brute_m(w, e) for e in sorted(set(grid))]
+    expected = [brute_force_m(w, e) for e in sorted(set(grid))]
     for block_size in (16, 2048):
         assert [m for _, m in uniqueness_curve(w, grid, block_size=block_size)] == expected
     # The summary builds its covers at its own eps; every part of its curve is exact too.
     summary = summarize_prototypes(w, eps=eps, eps_grid=grid, block_size=16)
     assert [m for _, m in summary["uniqueness_curve"]] == expected
-    assert summary["M"] == brute_m(w, eps)
+    assert summary["M"] == brute_force_m(w, eps)
     assert len(set(expected)) >= 4  # chains and planted pairs really cross the grid
 
 
@@ -821,7 +785,7 @@ def test_uniqueness_curve_with_zero_tiny_and_duplicate_rows(seed: int, dtype: to
     w = odd_rows_mixture(seed, DEFAULT_EPS).to(dtype)
     w64 = w.to(torch.float64)
     grid = _curve_grid(DEFAULT_EPS) + [1.0, 1.0 + 1e-7, 1.5]
-    expected = [brute_m(w64, e) for e in sorted(set(grid))]
+    expected = [brute_force_m(w64, e) for e in sorted(set(grid))]
     assert [m for _, m in uniqueness_curve(w, grid, block_size=16)] == expected
     summary = summarize_prototypes(w, eps_grid=grid, block_size=16)
     assert [m for _, m in summary["uniqueness_curve"]] == expected
@@ -832,7 +796,7 @@ def test_uniqueness_curve_on_dense_low_dim_graph_and_fallbacks(
 ) -> None:
     w = dense_low_dim(61, k=250)
     grid = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5]
-    expected = [brute_m(w, e) for e in grid]
+    expected = [brute_force_m(w, e) for e in grid]
     assert [m for _, m in uniqueness_curve(w, grid, block_size=23)] == expected
     assert expected[0] > expected[-1]
     # Leader graphs "too dense": the curve above the covers' eps falls back per eps.
@@ -850,10 +814,10 @@ def test_long_curve_links_the_same_covers() -> None:
     nearest, short = nearest_mod.nearest_and_short_curve(
         units, 16, prepared, np.array([0.001, 0.01, eps])
     )
-    assert short == {e: brute_m(w, e) for e in (0.001, 0.01, eps)}
+    assert short == {e: brute_force_m(w, e) for e in (0.001, 0.01, eps)}
     longer = np.array([2 * eps, 0.1, 0.5])
     linked = curve_mod.long_curve(units, prepared, nearest, longer, 16)
-    assert linked == {e: brute_m(w, e) for e in longer.tolist()}
+    assert linked == {e: brute_force_m(w, e) for e in longer.tolist()}
 
 
 def test_curve_and_summary_at_larger_k_match_the_brute_force() -> None:
@@ -885,7 +849,7 @@ def test_summary_auto_matches_reference_and_reports_timings() -> None:
     assert all(t >= 0 for t in timings.values())
     nn = brute_nearest(w)
     assert summary["nn_distance_quantiles"] == pytest.approx(distance_quantiles(nn), abs=1e-12)
-    labels = brute_labels(w, DEFAULT_EPS)
+    labels = brute_force_labels(w, DEFAULT_EPS)
     sizes = sorted(np.bincount(labels).tolist(), reverse=True)
     assert summary["M"] == len(sizes) and summary["largest_groups"] == sizes[:10]
     assert summary == summarize_prototypes(w, block_size=2048)  # block size changes nothing

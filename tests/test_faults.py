@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from protossl.cli import main
 from protossl.config import load_config
@@ -33,21 +34,15 @@ from protossl.engine.trainer import TIMING_KEYS, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 # 354 training images (digits@lt=100), 5 steps of 64 per epoch, 4 epochs: 20 steps.
-TINY = [
-    "data.spec=digits@lt=100",
-    "data.batch_size=64",
-    "data.num_local_crops=1",
-    "data.image_size=8",
-    "model.backbone=cnn_tiny",
-    "model.num_prototypes=32",
-    "model.head_hidden_dim=32",
-    "model.bottleneck_dim=16",
-    "optim.epochs=4",
-    "optim.warmup_epochs=1",
-    "monitor.monitor_samples=64",
-    "monitor.eval_knn=false",
-    "num_threads=1",
-]
+TINY = tiny_overrides(
+    data__batch_size=64,
+    model__num_prototypes=32,
+    model__head_hidden_dim=32,
+    model__bottleneck_dim=16,
+    optim__epochs=4,
+    optim__warmup_epochs=1,
+    monitor__monitor_samples=64,
+)
 EPOCHS = 4
 
 

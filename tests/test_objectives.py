@@ -2,6 +2,8 @@
 
 The references use plain Python floats and explicit loops (crop pairs, batch
 items, prototypes), so they share no code with the vectorized implementations.
+KoLeo's reference is tests/reference.py's (the full similarity matrix, argmax and
+autograd through the chosen pairs), so gradients are compared too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 
 import pytest
 import torch
+from reference import reference_koleo, reference_nearest_neighbours
 from torch import nn
 
 import protossl.objectives.targets as targets_module
@@ -60,23 +63,6 @@ def ref_multicrop_ce(student: torch.Tensor, teacher: torch.Tensor, student_temp:
             total += pair / batch
             pairs += 1
     return total / pairs
-
-
-def ref_koleo(x: torch.Tensor, eps: float) -> float:
-    rows = x.tolist()
-    normed = []
-    for row in rows:
-        norm = math.sqrt(sum(v * v for v in row))
-        normed.append([v / norm for v in row])
-    total = 0.0
-    for i, xi in enumerate(normed):
-        nearest = min(
-            math.sqrt(sum((a - b) ** 2 for a, b in zip(xi, xj, strict=True)))
-            for j, xj in enumerate(normed)
-            if j != i
-        )
-        total += math.log(nearest + eps)
-    return -total / len(rows)
 
 
 def random_probs(gen: torch.Generator, *shape: int) -> torch.Tensor:
@@ -278,7 +264,7 @@ def test_target_builder_is_abstract():
 def test_koleo_matches_reference(n, d, eps):
     gen = torch.Generator().manual_seed(n * 10 + d)
     x = torch.randn(n, d, generator=gen, dtype=torch.float64) * 3
-    expected = ref_koleo(x, eps)
+    expected = reference_koleo(x, eps).item()
     assert koleo_loss(x, eps=eps).item() == pytest.approx(expected, rel=1e-10)
     assert koleo_proto_loss(x, eps=eps).item() == pytest.approx(expected, rel=1e-10)
 
@@ -287,7 +273,8 @@ def test_koleo_proto_module_applies_weight():
     prototypes = torch.randn(10, 4, dtype=torch.float64)
     module = KoLeoProto(weight=0.3)
     assert module.weight == 0.3
-    assert module(prototypes).item() == pytest.approx(0.3 * ref_koleo(prototypes, 1e-8), rel=1e-10)
+    expected = 0.3 * reference_koleo(prototypes, 1e-8).item()
+    assert module(prototypes).item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_koleo_gradcheck():
@@ -416,8 +403,9 @@ def test_docstring_examples_run(module_name):
 
 
 # --------------------------------------------------------------------------- KoLeo at large K
-# The blocked search and the candidate mode against an independent naive reference:
-# the full N x N similarity matrix, argmax, and autograd through the chosen pairs.
+# The blocked search and the candidate mode against an independent naive reference
+# (tests/reference.py): the full N x N similarity matrix, argmax, and autograd through
+# the chosen pairs.
 
 from protossl.objectives.koleo import (  # noqa: E402
     _candidate_similarities,
@@ -426,19 +414,6 @@ from protossl.objectives.koleo import (  # noqa: E402
     nearest_neighbor_candidates,
     nearest_neighbor_indices,
 )
-
-
-def naive_neighbors(unit: torch.Tensor) -> torch.Tensor:
-    sims = unit @ unit.T
-    sims.fill_diagonal_(float("-inf"))
-    return sims.argmax(dim=1)
-
-
-def naive_koleo(x: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
-    unit = nn.functional.normalize(x, dim=1, eps=1e-12)
-    neighbors = naive_neighbors(unit.detach())
-    squared = (unit - unit[neighbors]).pow(2).sum(dim=1)
-    return -torch.log(squared.clamp(min=1e-24).sqrt() + eps).mean(), neighbors
 
 
 def value_and_grad(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -466,8 +441,10 @@ def test_blocked_equals_naive(k, d, block, dtype):
     gen = torch.Generator().manual_seed(k + d + block)
     x = torch.randn(k, d, generator=gen, dtype=dtype) * 2
     unit = nn.functional.normalize(x, dim=1)
-    expected_value, expected_grad = value_and_grad(naive_koleo, x)
-    assert torch.equal(nearest_neighbor_indices(unit, block_size=block), naive_neighbors(unit))
+    expected_value, expected_grad = value_and_grad(reference_koleo, x)
+    assert torch.equal(
+        nearest_neighbor_indices(unit, block_size=block), reference_nearest_neighbours(unit)
+    )
     value, grad = value_and_grad(lambda w: koleo_loss(w, block_size=block), x)
     torch.testing.assert_close(value, expected_value, rtol=1e-6, atol=0)
     torch.testing.assert_close(
@@ -487,7 +464,7 @@ def test_blocked_search_ties_go_to_lowest_index_like_argmax(block):
     base = torch.randint(-3, 4, (4, 6), generator=gen).double()
     rows = torch.cat([base, base, base[:2], base[:1]])  # rows 0, 4, 8, 10 are equal
     got = nearest_neighbor_indices(rows, block_size=block)
-    assert torch.equal(got, naive_neighbors(rows))
+    assert torch.equal(got, reference_nearest_neighbours(rows))
     assert got[0].item() == 4 and got[4].item() == 0 and got[10].item() == 0
 
 
@@ -514,7 +491,7 @@ def test_blocked_gradcheck_float64():
         assert torch.autograd.gradcheck(
             lambda p, b=block: koleo_loss(p, block_size=b), (x,), eps=1e-6, atol=1e-6
         )
-    neighbors = naive_neighbors(nn.functional.normalize(x.detach(), dim=1))
+    neighbors = reference_nearest_neighbours(nn.functional.normalize(x.detach(), dim=1))
     assert torch.autograd.gradcheck(lambda p: koleo_from_neighbors(p, neighbors, 0.1), (x,))
     # Between refreshes, through the candidate path (the module is in eval-free training mode).
     module = KoLeoProto(weight=0.5, block_size=3, refresh_every=1000, num_candidates=3).double()
@@ -533,9 +510,7 @@ def test_koleo_from_neighbors_handles_tiny_and_zero_rows():
     neighbors = torch.tensor([3, 0, 5, 4, 3, 0])
 
     def reference(w):
-        unit = nn.functional.normalize(w, dim=1, eps=1e-12)
-        squared = (unit - unit[neighbors]).pow(2).sum(dim=1)
-        return -torch.log(squared.clamp(min=1e-24).sqrt() + 1e-8).mean()
+        return reference_koleo(w, 1e-8, neighbours=neighbors)
 
     expected_value, expected_grad = value_and_grad(reference, x)
     value, grad = value_and_grad(lambda w: koleo_from_neighbors(w, neighbors), x)
@@ -554,7 +529,7 @@ def test_candidates_are_the_exact_top_c(k, c, block):
     sims.fill_diagonal_(float("-inf"))
     expected = sims.topk(c, dim=1).indices.sort(dim=1).values
     assert torch.equal(candidates, expected)
-    assert torch.equal(neighbors, naive_neighbors(unit))
+    assert torch.equal(neighbors, reference_nearest_neighbours(unit))
     assert torch.equal(nearest_among_candidates(unit, candidates), neighbors)
     for sparse in (True, False):
         torch.testing.assert_close(
@@ -574,7 +549,7 @@ def test_candidate_mode_refresh_every_1_is_exact():
     module = KoLeoProto(weight=0.3, block_size=50, refresh_every=1)
     for x in drifting(200, 8, 4, 0.5):
         value, grad = value_and_grad(module, x)
-        expected_value, expected_grad = value_and_grad(naive_koleo, x)
+        expected_value, expected_grad = value_and_grad(reference_koleo, x)
         torch.testing.assert_close(value, 0.3 * expected_value)
         torch.testing.assert_close(grad, 0.3 * expected_grad)
     assert module.step is None and module.state_dict() == {}  # stateless, as before
@@ -587,7 +562,7 @@ def test_candidate_mode_refresh_steps_are_exact_and_candidates_never_overshoot()
     stale_seen = 0
     for t, x in enumerate(drifting(300, 4, 9, 0.3)):
         value, grad = value_and_grad(module, x)
-        expected_value, expected_grad = value_and_grad(naive_koleo, x)
+        expected_value, expected_grad = value_and_grad(reference_koleo, x)
         assert module.step.item() == t + 1
         if t % refresh_every == 0:
             torch.testing.assert_close(value, expected_value)
@@ -605,7 +580,7 @@ def test_candidate_mode_between_refreshes_small_moves_is_exact():
     module = KoLeoProto(weight=1.0, block_size=128, refresh_every=10, num_candidates=8)
     for x in drifting(500, 16, 10, 1e-4):
         value, grad = value_and_grad(module, x)
-        expected_value, expected_grad = value_and_grad(naive_koleo, x)
+        expected_value, expected_grad = value_and_grad(reference_koleo, x)
         torch.testing.assert_close(value, expected_value)
         torch.testing.assert_close(grad, expected_grad)
 
@@ -619,13 +594,13 @@ def test_candidate_mode_counts_training_calls_only():
     assert module.step.item() == 2 and module.candidates.shape == (20, 3)
     cached = module.candidates.clone()
     module.eval()
-    expected = 0.1 * naive_koleo(x)[0]
+    expected = 0.1 * reference_koleo(x)
     torch.testing.assert_close(module(x), expected)  # eval: exact, no state change
     assert module.step.item() == 2 and torch.equal(module.candidates, cached)
     module.train()
     # Another K, or a cache on another device, is refreshed whatever the step.
     y = torch.randn(30, 5)
-    torch.testing.assert_close(module(y), 0.1 * naive_koleo(y)[0])
+    torch.testing.assert_close(module(y), 0.1 * reference_koleo(y))
     assert module.step.item() == 3 and module.candidates.shape == (30, 3)
 
 

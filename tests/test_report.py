@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
+from reference import brute_force_labels, brute_force_m
 
 from protossl.cli import main
 from protossl.config import config_from_dict, load_config
@@ -220,14 +219,6 @@ def test_m_vs_k_points_and_twins_come_from_the_results(sweep_dir: Path) -> None:
 # --------------------------------------------------------------------- the measurements
 
 
-def brute_force_m(weights: torch.Tensor, eps: float) -> tuple[int, np.ndarray]:
-    """Independent M and groups: float64 distances of unit rows, components of d < eps."""
-    w = weights.detach().to(torch.float64).numpy()
-    w = w / np.linalg.norm(w, axis=1, keepdims=True)
-    dist = np.sqrt(((w[:, None, :] - w[None, :, :]) ** 2).sum(-1))
-    return connected_components(csr_matrix(dist < eps), directed=False)
-
-
 def test_probe_matches_an_independent_forward_pass(sweep_dir: Path) -> None:
     run = read_run(sweep_dir / "dino_num_prototypes-32")
     state = load_checkpoint(run.path / "checkpoints" / "last.pt")
@@ -247,7 +238,8 @@ def test_probe_matches_an_independent_forward_pass(sweep_dir: Path) -> None:
     np.testing.assert_array_equal(probe.test.assignments, argmax)
     np.testing.assert_array_equal(probe.test.labels, test.targets)
     np.testing.assert_array_equal(probe.test.usage.counts, np.bincount(argmax, minlength=32))
-    m, groups = brute_force_m(method.student_prototypes(), run.eps)
+    prototypes = method.student_prototypes()
+    m, groups = brute_force_m(prototypes, run.eps), brute_force_labels(prototypes, run.eps)
     assert probe.unique.num_unique == m == run.M
     # Same partition: the pairs (reference group, probe group) are as many as the groups.
     assert len(set(zip(groups.tolist(), probe.unique.labels.tolist(), strict=True))) == m

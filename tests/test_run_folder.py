@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from protossl.cli import main
 from protossl.config import load_config
@@ -20,20 +21,16 @@ from protossl.engine.trainer import Trainer
 from protossl.runs.folder import MARKER_NAME, FolderLock, claim_run_folder, is_run_folder
 from protossl.sweep import run_sweep
 
-TINY = [
-    "model.backbone=cnn_tiny",
-    "model.num_prototypes=16",
-    "model.head_hidden_dim=16",
-    "model.bottleneck_dim=8",
-    "data.num_local_crops=1",
-    "data.batch_size=16",
-    "data.image_size=8",
-    "optim.epochs=1",
-    "optim.max_steps=2",
-    "monitor.eval_knn=false",
-    "monitor.monitor_samples=8",
-    "num_threads=1",
-]
+TINY = tiny_overrides(
+    data__spec="digits",  # the full digits set, not the tiny run's long-tailed split
+    model__num_prototypes=16,
+    model__head_hidden_dim=16,
+    model__bottleneck_dim=8,
+    data__batch_size=16,
+    optim__epochs=1,
+    optim__max_steps=2,
+    monitor__monitor_samples=8,
+)
 ROOT = Path(__file__).resolve().parents[1]
 
 

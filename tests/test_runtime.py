@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import random_crops
 
 from protossl.config import RuntimeConfig, load_config
 from protossl.core.errors import UserError
@@ -18,17 +19,10 @@ TINY = [
 ]
 
 
-def crops(batch: int = 4) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return [torch.randn(batch, 3, 16, 16, generator=gen) for _ in range(2)] + [
-        torch.randn(batch, 3, 8, 8, generator=gen) for _ in range(2)
-    ]
-
-
 def test_bf16_autocast_step_is_close_to_fp32_and_regularizer_stays_float32() -> None:
     torch.manual_seed(0)
     method = build_method(load_config("dino-kp", overrides=[*TINY, "model.backbone=vit_tiny"]))
-    views = crops()
+    views = random_crops(batch=4, seed=0)
     reference = method.training_step(views, 0.04)
     runtime = Runtime(RuntimeConfig(device="cpu", precision="bf16"))
     seen: list[torch.dtype] = []
@@ -75,7 +69,7 @@ def test_channels_last_gives_the_same_step() -> None:
     runtime.prepare(b)
     conv = b.student.backbone.net.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
-    views = crops()
+    views = random_crops(batch=4, seed=0)
     out_a = a.training_step(views, 0.04)
     out_b = b.training_step(runtime.to_device(views), 0.04)
     assert out_b.terms["loss"] == pytest.approx(out_a.terms["loss"], rel=1e-5)

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import reference_sinkhorn
 
 from protossl.core.errors import UserError
 from protossl.objectives import build_target_builder
 from protossl.objectives.sinkhorn import SinkhornKnoppTargets, sinkhorn_knopp
-
-
-def reference_sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
-    # Written from SwAV's Algorithm (Caron et al. 2020), in float64, no shift.
-    q = torch.exp(scores.double() / epsilon).t()
-    k, b = q.shape
-    q = q / q.sum()
-    for _ in range(iterations):
-        q = q / q.sum(dim=1, keepdim=True) / k
-        q = q / q.sum(dim=0, keepdim=True) / b
-    return (q * b).t()
 
 
 @pytest.mark.parametrize("batch", [2, 7, 32])
@@ -67,17 +57,10 @@ def reference_dinov2_targets(
 ) -> torch.Tensor:
     # DINOv2's sinkhorn_knopp_teacher, written from its formula: Q = exp(l / tau)^T over
     # all teacher crops at once (K x T*B), total mass 1, then rows to 1/K and columns
-    # to 1/(T*B), iterations times; columns scaled back to sum to 1.
-    flat = logits.reshape(-1, logits.shape[-1]).double()
-    q = torch.exp(flat / teacher_temp).t()
-    k, n = q.shape
-    q = q / q.sum()
-    for _ in range(iterations):
-        q = q / q.sum(dim=1, keepdim=True)
-        q = q / k
-        q = q / q.sum(dim=0, keepdim=True)
-        q = q / n
-    return (q * n).t().reshape(logits.shape)
+    # to 1/(T*B), iterations times; columns scaled back to sum to 1. That is SwAV's
+    # Sinkhorn-Knopp (tests/reference.py) on the T*B rows of every crop together.
+    flat = logits.reshape(-1, logits.shape[-1])
+    return reference_sinkhorn(flat, teacher_temp, iterations).reshape(logits.shape)
 
 
 @pytest.mark.parametrize("crops", [1, 2, 4])

@@ -14,6 +14,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import random_crops
 from torch import nn
 
 import protossl.objectives.probability_centering as pc_module
@@ -407,13 +408,6 @@ TINY = [
 ]
 
 
-def fixed_crops(batch: int = 6) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return [torch.randn(batch, 3, 16, 16, generator=gen) for _ in range(2)] + [
-        torch.randn(batch, 3, 8, 8, generator=gen) for _ in range(2)
-    ]
-
-
 @pytest.mark.parametrize("preset", ["dino-vmf", "dino-vmf-kp"])
 def test_dino_vmf_trains(preset: str) -> None:
     torch.manual_seed(0)
@@ -425,7 +419,7 @@ def test_dino_vmf_trains(preset: str) -> None:
     assert torch.allclose(norms_before, torch.ones(32), atol=1e-6)
     params = [p for p in method.student.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    crops = fixed_crops()
+    crops = random_crops(batch=6, seed=1)
     losses = []
     for _ in range(6):
         out = method.training_step(crops, teacher_temp=cfg.objective.teacher_temp)
