@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from protossl.config import Config, load_config
+from protossl.engine.freezing import GradientFreezer
 from protossl.engine.trainer import TIMING_KEYS, Trainer, TrainingDivergedError
-from protossl.methods import build_method
+from protossl.methods import StepContext, build_method
 
 TINY = [
     # A long-tailed subsample of digits (354 training images) keeps every test cheap;
@@ -108,6 +109,28 @@ def test_prototypes_frozen_during_first_epoch_only(tmp_path: Path) -> None:
     assert torch.equal(trainer.method.student_prototypes().detach(), initial)
     trainer.fit(stop_after_epochs=2)  # continues in-process from epoch 1
     assert not torch.equal(trainer.method.student_prototypes().detach(), initial)
+
+
+def test_one_freezer_combines_the_epoch_rule_and_the_method_rule() -> None:
+    # DINO's first epochs (optim.freeze_last_layer_epochs) and SwAV's first steps
+    # (Method.frozen_parameters) are asked of one GradientFreezer per step.
+    fast = ("model.backbone=cnn_tiny", "data.image_size=8")
+    dino = build_method(tiny_config("dino", *fast))
+    prototypes = list(dino.prototype_parameters())
+    freezer = GradientFreezer(dino, freeze_last_layer_epochs=1)
+    assert freezer.frozen(StepContext(step=3, epoch=0)) == prototypes
+    assert freezer.frozen(StepContext(step=5, epoch=1)) == []
+    swav = build_method(tiny_config("swav", *fast, "swav.freeze_prototypes_steps=5"))
+    freezer = GradientFreezer(swav, freeze_last_layer_epochs=0)
+    assert freezer.frozen(StepContext(step=4)) == list(swav.prototype_parameters())
+    assert freezer.frozen(StepContext(step=5)) == []
+    both = GradientFreezer(swav, freeze_last_layer_epochs=1).frozen(StepContext(step=0))
+    assert len(both) == 2 * len(list(swav.prototype_parameters()))
+    for param in swav.parameters():
+        param.grad = torch.ones_like(param)
+    GradientFreezer(swav, freeze_last_layer_epochs=0).apply(StepContext(step=0))
+    frozen = {id(p) for p in swav.prototype_parameters()}
+    assert all((p.grad is None) == (id(p) in frozen) for p in swav.parameters())
 
 
 def test_update_teacher_is_ema_of_parameters() -> None:

@@ -1,8 +1,9 @@
 """Trainer hooks: code that runs at fixed points of training without editing the trainer.
 
-A hook sees the trainer at the start of training, after every optimizer step and after
-every epoch, and keeps its own state in the checkpoint (``state_dict`` /
-``load_state_dict``), so a resumed run continues exactly. Prototype strategies (re-seed
+A hook sees the trainer at the start of training, after every optimizer step, after
+every epoch and at every checkpoint (where it may add entries), and keeps its own state
+in the checkpoint (``state_dict`` / ``load_state_dict``), so a resumed run continues
+exactly. Prototype strategies (re-seed
 dead or duplicate prototypes, re-estimate them outside the loss, fix them) are hooks
 chosen by ``model.prototype_strategy`` from :data:`PROTOTYPE_STRATEGIES`; ``joint``
 (prototypes learned by the loss, as in DINO) adds none.
@@ -12,7 +13,8 @@ Example:
     ... class Every10(TrainerHook):
     ...     def on_step_end(self, trainer, step, epoch):
     ...         if (step + 1) % 10 == 0:
-    ...             trainer.reset_prototype_rows([0], torch.randn(1, trainer.prototype_dim))
+    ...             dim = trainer.method.student_prototypes().shape[1]
+    ...             trainer.reset_prototype_rows([0], torch.randn(1, dim))
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ class TrainerHook:
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
         """After ``epoch``'s metrics record is built, before its checkpoint is written."""
+
+    def on_checkpoint(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        """Before an epoch's checkpoint ``state`` is written; may add entries to it (under
+        a key of its own; the checkpoint read on resume is ``trainer.resumed_state``).
+        Its own state belongs in :meth:`state_dict`, which is already in ``state``."""
 
     def state_dict(self) -> dict[str, Any]:
         """What the checkpoint keeps of this hook (tensors and plain values)."""

@@ -9,13 +9,20 @@ epochs x iterations-per-epoch so that ``--max-steps`` runs work unchanged.
 A schedule is a plain ``numpy.ndarray`` with one value per step; the trainer
 indexes it with the global step. Precomputing the whole array (as DINO does)
 keeps the trainer free of schedule state, which makes resuming exact.
+:class:`Schedules` holds every schedule of a run, built once from the config, and
+sets the optimizer's learning rate and weight decay of a step.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
-__all__ = ["cosine_schedule", "linear_warmup_schedule"]
+import numpy as np
+import torch
+
+from protossl.config import Config
+
+__all__ = ["Schedules", "cosine_schedule", "linear_warmup_schedule"]
 
 
 def _check_steps(total_steps: int, warmup_steps: int) -> None:
@@ -113,3 +120,59 @@ def linear_warmup_schedule(
     ramp = np.linspace(start_value, end_value, warmup_steps)
     constant = np.full(total_steps - warmup_steps, end_value, dtype=np.float64)
     return np.concatenate((ramp, constant)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Schedules:
+    """Per-step values of every scheduled hyper-parameter.
+
+    The one place each schedule is computed: methods get this step's values
+    through :class:`~protossl.methods.StepContext` (``Trainer.train_step``), not by
+    recomputing them.
+    """
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    teacher_momentum: np.ndarray
+    teacher_temp: np.ndarray
+    # iBOT's patch-token teacher temperature (Zhou et al., ICLR 2022): its own end
+    # points, warmed up over the same epochs as ``teacher_temp`` (official iBOT's
+    # teacher_temp2 schedule). Computed for every method, used by iBOT only.
+    patch_teacher_temp: np.ndarray
+
+    @classmethod
+    def from_config(cls, cfg: Config, total_steps: int, steps_per_epoch: int) -> Schedules:
+        """DINO's schedules for a run of ``total_steps`` steps (lr scaled by batch / 256)."""
+        op, ob, ib = cfg.optim, cfg.objective, cfg.ibot
+        temp_warmup_steps = ob.warmup_teacher_temp_epochs * steps_per_epoch
+        base_lr = op.lr * cfg.data.batch_size / 256.0  # DINO's linear scaling rule
+        return cls(
+            lr=cosine_schedule(
+                base_lr, op.min_lr, total_steps, warmup_steps=op.warmup_epochs * steps_per_epoch
+            ),
+            weight_decay=cosine_schedule(op.weight_decay, op.weight_decay_end, total_steps),
+            teacher_momentum=cosine_schedule(op.momentum_teacher, 1.0, total_steps),
+            teacher_temp=linear_warmup_schedule(
+                ob.warmup_teacher_temp, ob.teacher_temp, temp_warmup_steps, total_steps
+            ),
+            patch_teacher_temp=linear_warmup_schedule(
+                ib.warmup_patch_teacher_temp, ib.patch_teacher_temp, temp_warmup_steps, total_steps
+            ),
+        )
+
+    def set_hyperparameters(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Step ``step``'s learning rate on every group, its weight decay on the first
+        (the others hold the parameters without weight decay)."""
+        for i, group in enumerate(optimizer.param_groups):
+            group["lr"] = float(self.lr[step])
+            if i == 0:
+                group["weight_decay"] = float(self.weight_decay[step])
+
+    def values(self, step: int) -> dict[str, float]:
+        """The values at ``step`` that an epoch's metrics record reports."""
+        return {
+            "lr": float(self.lr[step]),
+            "weight_decay": float(self.weight_decay[step]),
+            "teacher_temp": float(self.teacher_temp[step]),
+            "teacher_momentum": float(self.teacher_momentum[step]),
+        }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -51,6 +52,14 @@ class StepContext:
     steps_per_epoch: int = 1
     total_steps: int = 1
     patch_teacher_temp: float | None = None
+
+
+@runtime_checkable
+class PrototypeRowState(Protocol):
+    """State kept per prototype row (a center entry, a neighbour cache), reset with the row."""
+
+    def reset_rows(self, index: torch.Tensor) -> None:
+        """Forget what depends on prototype rows ``index`` (as freshly built)."""
 
 
 @dataclass
@@ -121,6 +130,26 @@ class Method(nn.Module):
             "student": _prototype_layer(self.student),
             "teacher": _prototype_layer(self.teacher),
         }
+
+    def prototype_state_modules(self) -> dict[str, list[PrototypeRowState]]:
+        """Modules whose state follows prototype rows, by the student layer they follow.
+
+        Each has ``reset_rows(index)`` (per-prototype centers of the target builders,
+        KoLeo-proto's candidate cache, ...); ``Trainer.reset_prototype_rows`` calls it for
+        the rows it re-seeds. By default every submodule with ``reset_rows`` follows
+        ``"student"`` (the main prototypes, and their teacher copy), except one whose
+        attribute name starts with ``patch_`` when :meth:`prototype_layers` has a
+        separate ``"student_patch"`` layer (iBOT's ``patch_target_builder``). A method
+        with another layout overrides this.
+        """
+        patch = "student_patch" in self.prototype_layers()
+        found: dict[str, list[PrototypeRowState]] = {}
+        for name, module in self.named_modules():
+            if module is self or not isinstance(module, PrototypeRowState):
+                continue
+            layer = "student_patch" if patch and name.startswith("patch_") else "student"
+            found.setdefault(layer, []).append(module)
+        return found
 
     @torch.no_grad()
     def teacher_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -396,6 +396,17 @@ class KoLeoProto(nn.Module):
         self.step.add_(1)
         return neighbors
 
+    @torch.no_grad()
+    def reset_rows(self, index: Tensor) -> None:
+        """Invalidate the candidate cache: prototypes ``index`` were re-seeded, so their
+        neighbours (and their place in other rows' candidate lists) are stale.
+
+        The next training call then runs the exact search and refreshes the cache;
+        ``step`` keeps counting. A no-op when the module keeps no cache.
+        """
+        if self.candidates is not None:
+            self.candidates = self.candidates.new_empty(0, self.num_candidates)
+
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],

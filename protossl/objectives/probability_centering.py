@@ -118,6 +118,15 @@ class ProbabilityCentering(TargetBuilder):
         batch_center = all_reduce_mean(batch_center.to(self.center.dtype))
         self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
 
+    @torch.no_grad()
+    def reset_rows(self, index: Tensor) -> None:
+        """Center entries of prototypes ``index`` back to their initial 1 / K.
+
+        Only those entries: the center then no longer sums to exactly 1, which the
+        targets do not need (they renormalize) and the EMA corrects as it moves.
+        """
+        self.center[:, index.to(self.center.device)] = 1.0 / self.num_prototypes
+
     def extra_repr(self) -> str:
         return (
             f"num_prototypes={self.num_prototypes}, momentum={self.momentum}, "

@@ -56,6 +56,13 @@ class TargetBuilder(nn.Module, ABC):
         statistics are probabilities (probability centering); others ignore it.
         """
 
+    def reset_rows(self, index: Tensor) -> None:  # noqa: B027 - optional hook
+        """Forget the running statistics of prototypes ``index`` (default: none kept).
+
+        Called when a prototype strategy re-seeds those prototypes: a builder with
+        per-prototype state sets their entries to what a freshly built one holds.
+        """
+
     def forward(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
         return self.targets(teacher_logits, teacher_temp)
 
@@ -116,6 +123,11 @@ class Centering(TargetBuilder):
         # Equal per-process batches, so the mean of means is the global mean.
         batch_center = all_reduce_mean(batch_center)
         self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def reset_rows(self, index: Tensor) -> None:
+        """Center entries of prototypes ``index`` back to their initial 0."""
+        self.center[:, index.to(self.center.device)] = 0.0
 
     def extra_repr(self) -> str:
         return f"num_prototypes={self.num_prototypes}, momentum={self.momentum}"
