@@ -71,6 +71,9 @@ class ModelConfig:
     # How prototypes are obtained: "joint" (learned by the loss with the encoder, as in
     # DINO) or a strategy registered in protossl.engine.hooks.PROTOTYPE_STRATEGIES.
     prototype_strategy: str = "joint"
+    # Start the student's and teacher's backbones from a file: a released DINO / iBOT /
+    # DINOv2 ViT, or a protossl run or checkpoint (its teacher backbone). Fresh runs only.
+    init_from: str | None = None
 
 
 @dataclass

@@ -61,6 +61,7 @@ from protossl.engine.summary import run_summary
 from protossl.methods import Method, StepContext, build_method
 from protossl.runs.checkpoint import config_of_run
 from protossl.runs.folder import FolderLock, check_owned, claim_run_folder
+from protossl.runs.init_from import initialize_backbones
 
 # Importable from here as before their modules existed.
 __all__ = [
@@ -123,6 +124,10 @@ class Trainer:
         check_memory_for_device(cfg, distributed.world_size(), self.runtime.device)
         torch.manual_seed(cfg.seed)
         self.method: Method = build_method(cfg)
+        if self.resumed_state is None and cfg.model.init_from:
+            # A new run starts its backbones from pretrained weights (every rank reads the
+            # same file); a resumed run has its own weights in its checkpoint.
+            initialize_backbones(self.method, cfg.model.init_from, cfg.model.backbone)
         self.runtime.prepare(self.method)
         # data.augmentation: PIL per image in the loader, or whole batches on the device.
         self.augmentation = build_train_augmentation(cfg.data, self.runtime.device)
