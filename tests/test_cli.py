@@ -22,8 +22,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
+from reference import brute_force_m
 
 from protossl.cli import main
 from protossl.config import config_from_dict, load_config
@@ -81,16 +80,6 @@ def make_image_folder(root: Path, classes: int = 2, per_class: int = 20) -> Path
             pixels[..., c % 3] = 255  # a class-dependent colour
             Image.fromarray(pixels).save(folder / f"{i:02d}.png")
     return root
-
-
-def unique_count(weights: torch.Tensor, eps: float) -> int:
-    """Independent M: brute-force float64 distances of unit rows, components of d < eps."""
-    w = weights.detach().to(torch.float64).numpy()
-    w = w / np.linalg.norm(w, axis=1, keepdims=True)
-    dist = np.sqrt(((w[:, None, :] - w[None, :, :]) ** 2).sum(-1))
-    adjacency = csr_matrix(dist < eps)
-    count, _ = connected_components(adjacency, directed=False)
-    return int(count)
 
 
 def pairwise_distances(weights: torch.Tensor) -> np.ndarray:
@@ -389,7 +378,7 @@ def test_summary_json(trained_run: dict) -> None:
     # Its M is the M of the saved student prototypes at the configured eps.
     state = torch.load(trained_run["dir"] / "checkpoints" / "last.pt", weights_only=True)
     w = state["method"]["student.head.prototypes.weight"]
-    assert summary["M"] == unique_count(w, summary["eps"])
+    assert summary["M"] == brute_force_m(w, summary["eps"])
 
 
 def test_train_into_an_existing_run_is_refused_and_changes_nothing(
@@ -476,7 +465,7 @@ def test_analyze_run_counts_like_brute_force(
     for head in ("student", "teacher"):
         w = state["method"][f"{head}.head.prototypes.weight"]
         assert result["heads"][head]["K"] == K == w.shape[0]
-        assert result["heads"][head]["M"] == unique_count(w, 0.025)
+        assert result["heads"][head]["M"] == brute_force_m(w, 0.025)
         assert result["heads"][head]["eps"] == 0.025
 
     # A non-default eps halfway between the 3rd and 4th smallest pairwise distances of
@@ -484,7 +473,7 @@ def test_analyze_run_counts_like_brute_force(
     w = state["method"]["student.head.prototypes.weight"]
     d = np.sort(pairwise_distances(w)[np.triu_indices(K, 1)])
     eps = float((d[2] + d[3]) / 2)
-    expected = unique_count(w, eps)
+    expected = brute_force_m(w, eps)
     assert expected < K
     result = _analyze_json(capsys, str(run / "checkpoints" / "last.pt"), "--eps", repr(eps))
     assert result["heads"]["student"]["M"] == expected
@@ -530,7 +519,7 @@ def test_planted_prototypes_are_what_they_claim() -> None:
     w, expected = _planted_prototypes()
     d = pairwise_distances(w)
     for eps, m in expected.items():
-        assert unique_count(w, eps) == m
+        assert brute_force_m(w, eps) == m
     # The chain really is a chain: exactly one pair at about 0.030 (a-c), not linked at 0.025.
     assert np.isclose(d, 0.030, atol=1e-4).sum() == 2  # symmetric matrix: (a,c) and (c,a)
     # The planted base directions are far apart.

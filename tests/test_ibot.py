@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import random_crops
 
 import protossl.methods.ibot  # noqa: F401  (registers "ibot")
 from protossl.config import Config, load_config
@@ -40,13 +41,6 @@ def build_ibot(cfg: Config) -> IBOT:
     method = build_method(cfg)
     assert isinstance(method, IBOT)
     return method
-
-
-def make_crops(batch: int = 8, num_local: int = 2, seed: int = 1) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, 3, 16, 16, generator=gen) for _ in range(2)] + [
-        torch.randn(batch, 3, 8, 8, generator=gen) for _ in range(num_local)
-    ]
 
 
 # ------------------------------------------------------------------ masking
@@ -259,7 +253,7 @@ def test_patch_temperature_comes_from_the_context() -> None:
     assert method.patch_temperature(StepContext(step=0, steps_per_epoch=2, total_steps=10)) == 0.07
     ctx = StepContext(step=0, steps_per_epoch=2, total_steps=10, patch_teacher_temp=0.04)
     assert method.patch_temperature(ctx) == 0.04
-    out = method.training_step(make_crops(), 0.04, StepContext(patch_teacher_temp=0.05))
+    out = method.training_step(random_crops(8), 0.04, StepContext(patch_teacher_temp=0.05))
     assert out.terms["patch_teacher_temp"] == 0.05
 
 
@@ -323,7 +317,7 @@ def reference_class_loss(student: torch.Tensor, targets: torch.Tensor, temp: flo
 def test_training_step_loss_matches_an_independent_computation() -> None:
     cfg = tiny("ibot", "ibot.patch_loss_weight=0.5", "ibot.mask_probability=1.0")
     method = build_ibot(cfg)
-    crops = make_crops()
+    crops = random_crops(8)
     reference = copy.deepcopy(method)
     torch.manual_seed(11)
     out = method.training_step(crops, teacher_temp=0.04)  # no context: patch temp 0.07
@@ -354,7 +348,7 @@ def test_training_step_loss_matches_an_independent_computation() -> None:
 
 def test_masks_change_what_the_student_sees() -> None:
     method = build_ibot(tiny("ibot", "ibot.mask_probability=1.0"))
-    crops = make_crops()
+    crops = random_crops(8)
     masks = method.draw_masks(crops[:2]).flatten(0, 1)
     plain, _ = method.student.backbone.forward_tokens(torch.cat(crops[:2]))
     with torch.no_grad():
@@ -367,7 +361,7 @@ def test_masks_change_what_the_student_sees() -> None:
 
 def test_separate_centers_are_updated_from_teacher_logits() -> None:
     method = build_ibot(tiny("ibot", "model.shared_head=false", "model.patch_num_prototypes=48"))
-    crops = make_crops()
+    crops = random_crops(8)
     with torch.no_grad():
         t_cls, t_patch = method.teacher.backbone.forward_tokens(torch.cat(crops[:2]))
         cls_logits = method.teacher.head(t_cls)
@@ -389,7 +383,7 @@ def test_separate_centers_are_updated_from_teacher_logits() -> None:
 
 def _train(method: IBOT, cfg: Config, steps: int, lr: float = 1e-3) -> list[float]:
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=lr)
-    crops = make_crops()
+    crops = random_crops(8)
     # The trainer's schedules for a 100-step run of 10 steps per epoch.
     patch_temps = Schedules.from_config(cfg, total_steps=100, steps_per_epoch=10).patch_teacher_temp
     losses = []
@@ -417,7 +411,7 @@ def test_loss_decreases_on_a_fixed_batch(preset: str) -> None:
     method = build_ibot(cfg)
     losses = _train(method, cfg, steps=6)
     assert losses[-1] < 0.8 * losses[0]
-    out = method.training_step(make_crops(), teacher_temp=0.04)
+    out = method.training_step(random_crops(8), teacher_temp=0.04)
     assert out.terms["patch_cross_entropy"] > 0
     assert ("prototype_regularizer" in out.terms) == (preset == "ibot-kp")
 
@@ -437,7 +431,7 @@ def test_teacher_is_untouched_by_the_student_step() -> None:
     before = copy.deepcopy(method.teacher.state_dict())
     student_before = copy.deepcopy(method.student.state_dict())
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=1e-2)
-    out = method.training_step(make_crops(), teacher_temp=0.04)
+    out = method.training_step(random_crops(8), teacher_temp=0.04)
     out.loss.backward()
     assert all(p.grad is None for p in method.teacher.parameters())
     assert method.student.backbone.mask_token.grad is not None  # masked patches matter
@@ -456,7 +450,7 @@ def test_teacher_is_untouched_by_the_student_step() -> None:
 
 def test_without_masked_images_the_patch_loss_is_zero() -> None:
     method = build_ibot(tiny("ibot", "ibot.mask_probability=0"))
-    out = method.training_step(make_crops(), teacher_temp=0.04)
+    out = method.training_step(random_crops(8), teacher_temp=0.04)
     assert out.terms["patch_cross_entropy"] == 0.0
     assert out.terms["masked_fraction"] == 0.0
     assert float(out.loss.detach()) == pytest.approx(out.terms["cross_entropy"])
@@ -487,7 +481,7 @@ def test_resnet_backbone_is_rejected_in_one_line() -> None:
 
 def test_evaluation_outputs() -> None:
     method = build_ibot(tiny("ibot"))
-    images = make_crops()[0]
+    images = random_crops(8)[0]
     assert method.teacher_features(images).shape == (8, 96)
     assert method.teacher_logits(images).shape == (8, 32)
     assert torch.equal(method.teacher_prototypes(), method.student_prototypes())

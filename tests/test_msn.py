@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from reference import random_crops, reference_sinkhorn_balance
 
 # Imported for their registrations ("msn", "me-max", "prior-kl", "sharpen"), so the
 # tests work with or without the imports in the packages' __init__ files.
@@ -47,13 +48,6 @@ def build_msn(cfg: Config) -> MSN:
     return method
 
 
-def make_crops(batch: int = 8, num_local: int = 2, seed: int = 1) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, 3, 16, 16, generator=gen) for _ in range(2)] + [
-        torch.randn(batch, 3, 8, 8, generator=gen) for _ in range(num_local)
-    ]
-
-
 # ------------------------------------------------------ references (formulas)
 
 
@@ -81,19 +75,6 @@ def ref_sharpen(logits: torch.Tensor, teacher_temp: float, sharpen_temp: float) 
     p = torch.softmax(logits.double() / teacher_temp, dim=1)
     sharp = p ** (1.0 / sharpen_temp)
     return sharp / sharp.sum(dim=1, keepdim=True)
-
-
-def ref_sinkhorn(q: torch.Tensor, iterations: int = 3) -> torch.Tensor:
-    # MSN's distributed_sinkhorn(Q) on one process: Q is used as given (no exp).
-    q = q.double().t().clone()
-    k, b = q.shape
-    q /= q.sum()
-    for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True)
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= b
-    return (q * b).t()
 
 
 def ref_msn_ce(anchor_scores: torch.Tensor, targets: torch.Tensor, temp: float) -> torch.Tensor:
@@ -278,12 +259,16 @@ def test_sharpened_targets_match_reference(teacher_temp: float, sharpen_temp: fl
     with_sk = SharpenedTargets(32, sharpen_temp=sharpen_temp, use_sinkhorn=True).targets(
         logits, teacher_temp
     )
-    expected_sk = ref_sinkhorn(ref_sharpen(logits.reshape(-1, 32), teacher_temp, sharpen_temp))
+    expected_sk = reference_sinkhorn_balance(
+        ref_sharpen(logits.reshape(-1, 32), teacher_temp, sharpen_temp), 3
+    )
     torch.testing.assert_close(with_sk.double(), expected_sk.view(2, 6, 32), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(with_sk.sum(-1), torch.ones(2, 6))
     # The other order (Sinkhorn, then sharpen) is a different target.
     other = ref_sharpen(
-        ref_sinkhorn(torch.softmax(logits.reshape(-1, 32).double() / teacher_temp, 1)).log(),
+        reference_sinkhorn_balance(
+            torch.softmax(logits.reshape(-1, 32).double() / teacher_temp, 1), 3
+        ).log(),
         1.0,
         sharpen_temp,
     )
@@ -385,7 +370,7 @@ def test_anchor_masking_keeps_exactly_the_requested_patches(
         return cls, patches
 
     monkeypatch.setattr(backbone, "forward_tokens", spy)
-    out = method.training_step(make_crops(batch, num_local=2), teacher_temp=0.1)
+    out = method.training_step(random_crops(batch, num_local=2), teacher_temp=0.1)
     assert seen == [(16, (batch, expected), expected)]
     assert out.terms["kept_patch_fraction"] == pytest.approx(expected / 16)
 
@@ -418,7 +403,7 @@ def reference_step(
         y_t = F.normalize(teacher.head.mlp(teacher.backbone(crops[0])), dim=1)
         targets = ref_sharpen(y_t @ w.t(), teacher_temp, cfg.msn.sharpen_temp)
         if cfg.msn.use_sinkhorn:
-            targets = ref_sinkhorn(targets)
+            targets = reference_sinkhorn_balance(targets, 3)
     features = [backbone.forward_tokens(crops[1], keep=keep)[0]]  # the masked anchor
     features += [backbone(c) for c in crops[2:]]  # focal anchors, unmasked
     y = F.normalize(student.head.mlp(torch.cat(features)), dim=1)  # one BatchNorm batch
@@ -444,7 +429,7 @@ def test_training_step_matches_an_independent_computation(
     cfg = tiny(preset, *extra, "objective.mlcd_weight=0.5")
     method = build_msn(cfg)
     reference = copy.deepcopy(method)
-    crops = make_crops(8, cfg.data.num_local_crops)
+    crops = random_crops(8, cfg.data.num_local_crops)
     torch.manual_seed(11)
     out = method.training_step(crops, teacher_temp=0.1)
     out.loss.backward()
@@ -487,7 +472,7 @@ def test_training_step_matches_an_independent_computation(
 
 def test_targets_use_the_shared_student_prototypes_and_the_teacher_is_an_ema() -> None:
     method = build_msn(tiny())
-    images = make_crops()[0]
+    images = random_crops(8)[0]
     before = method.target_scores(images)
     with torch.no_grad():
         method.student.head.prototypes.weight.add_(torch.randn(32, 16))
@@ -508,7 +493,7 @@ def test_targets_use_the_shared_student_prototypes_and_the_teacher_is_an_ema() -
 
 def _train(method: MSN, steps: int, lr: float = 1e-3) -> list[float]:
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=lr)
-    crops = make_crops()
+    crops = random_crops(8)
     losses = []
     for _ in range(steps):
         torch.manual_seed(123)  # the same masks every step: a fixed batch
@@ -531,7 +516,7 @@ def test_presets_train_and_the_loss_decreases_on_a_fixed_batch(preset: str) -> N
 
 def test_centering_target_is_supported_and_updated() -> None:
     method = build_msn(tiny("msn", "objective.target=centering"))
-    crops = make_crops()
+    crops = random_crops(8)
     scores = method.target_scores(crops[0])
     method.training_step(crops, teacher_temp=0.1)
     center = method.target_builder.center  # type: ignore[union-attr]
@@ -542,7 +527,7 @@ def test_cnn_backbone_needs_mask_ratio_zero() -> None:
     with pytest.raises(UserError, match="ViT"):
         build_method(tiny("msn", "model.backbone=resnet_tiny"))
     method = build_msn(tiny("msn", "model.backbone=resnet_tiny", "msn.mask_ratio=0"))
-    out = method.training_step(make_crops(), teacher_temp=0.1)
+    out = method.training_step(random_crops(8), teacher_temp=0.1)
     assert math.isfinite(float(out.loss.detach())) and out.terms["kept_patch_fraction"] == 1.0
 
 
@@ -558,7 +543,7 @@ def test_unsupported_settings_are_rejected() -> None:
         tiny("msn", "msn.mask_ratio=1.0")
     method = build_msn(tiny())
     with pytest.raises(ValueError, match="anchor"):
-        method.training_step(make_crops()[:1], teacher_temp=0.1)
+        method.training_step(random_crops(8)[:1], teacher_temp=0.1)
 
 
 def test_presets_describe_msn_and_pmsn() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import random_crops, reference_sinkhorn
 
 import protossl.methods.swav  # noqa: F401  (registers "swav")
 import protossl.objectives.sinkhorn  # noqa: F401  (registers the "sinkhorn" target)
@@ -39,26 +40,7 @@ def build_swav(cfg: Config) -> SwAV:
     return method
 
 
-def make_crops(batch: int = 6, num_local: int = 2, seed: int = 1) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, 3, 16, 16, generator=gen) for _ in range(2)] + [
-        torch.randn(batch, 3, 8, 8, generator=gen) for _ in range(num_local)
-    ]
-
-
 # ------------------------------------------------------------- references (paper)
-
-
-def reference_sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
-    # SwAV, Algorithm 1 / distributed_sinkhorn: Q = exp(s / eps)^T (K x B), total mass 1,
-    # then rows to 1/K and columns to 1/B, returned per sample (rows sum to 1).
-    q = torch.exp(scores.double() / epsilon).t()
-    k, b = q.shape
-    q = q / q.sum()
-    for _ in range(iterations):
-        q = q / q.sum(dim=1, keepdim=True) / k
-        q = q / q.sum(dim=0, keepdim=True) / b
-    return (q * b).t()
 
 
 def reference_swapped_prediction(
@@ -112,7 +94,7 @@ def test_training_step_matches_reference(
     method = build_swav(cfg)
     with torch.no_grad():  # unnormalized prototypes: the step must renormalize them first
         method.student.head.prototypes.weight.mul_(3.0)
-    crops = make_crops(batch, num_local)
+    crops = random_crops(batch, num_local)
     out = method.training_step(crops, teacher_temp=0.04)  # teacher_temp: unused
     out.loss.backward()
     # (None: parameters the step does not use, e.g. the ViT's mask token.)
@@ -186,7 +168,7 @@ def test_prototypes_are_unit_norm_after_each_step() -> None:
         w.mul_(torch.rand(w.shape[0], 1) * 5 + 0.1)
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=0.05)
     for step in range(3):
-        out = method.training_step(make_crops(seed=step), 0.04, StepContext(step=step))
+        out = method.training_step(random_crops(seed=step), 0.04, StepContext(step=step))
         torch.testing.assert_close(w.norm(dim=1), torch.ones(w.shape[0]))
         optimizer.zero_grad()
         out.loss.backward()
@@ -203,7 +185,7 @@ def test_prototypes_frozen_for_the_first_steps_then_trained() -> None:
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=1e-2)
     for step in range(5):
         context = StepContext(step=step, steps_per_epoch=5, total_steps=5)
-        out = method.training_step(make_crops(seed=step), 0.04, context)
+        out = method.training_step(random_crops(seed=step), 0.04, context)
         optimizer.zero_grad()
         out.loss.backward()
         frozen = method.frozen_parameters(context)
@@ -243,12 +225,12 @@ def test_queue_fills_rolls_is_used_when_full_and_survives_state_dict() -> None:
             return method.student.forward_all(crops)[1][:2]
 
     # Before queue_start_epoch the queue stays empty.
-    method.training_step(make_crops(batch, seed=10), 0.04, StepContext(step=0, epoch=0))
+    method.training_step(random_crops(batch, seed=10), 0.04, StepContext(step=0, epoch=0))
     assert int(method.queue_size) == 0 and torch.count_nonzero(method.queue) == 0
 
     history = []
     for step in range(3):
-        crops = make_crops(batch, seed=20 + step)
+        crops = random_crops(batch, seed=20 + step)
         history.append(embeddings_of(crops))
         queue_before = method.queue.clone()
         size_before = int(method.queue_size)
@@ -319,7 +301,7 @@ def test_no_teacher_copy_and_teacher_api_uses_the_student() -> None:
 def test_few_adamw_steps_lower_the_loss(preset: str) -> None:
     torch.manual_seed(0)
     method = build_swav(tiny(preset))
-    crops = make_crops(8)
+    crops = random_crops(8)
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=1e-3)
     losses = []
     for step in range(6):
@@ -362,7 +344,7 @@ def test_dino_with_sinkhorn_target_trains_a_step() -> None:
     assert isinstance(builder, SinkhornKnoppTargets) and builder.iterations == 4
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in method.student.parameters()]
-    out = method.training_step(make_crops(), teacher_temp=0.04)
+    out = method.training_step(random_crops(), teacher_temp=0.04)
     assert math.isfinite(out.terms["loss"])
     optimizer.zero_grad()
     out.loss.backward()
