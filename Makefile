@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
-	# lightly: the independent reference of tests/test_parity.py and benchmarks/parity_lightly.py;
+	# lightly: the independent reference of tests/methods/test_parity.py and benchmarks/parity_lightly.py;
 	# --no-deps because its DINO modules need only torch (its own deps would pull a new torch).
 	$(PY) -m pip install -q --no-deps $(LIGHTLY)
 	touch $(STAMP)

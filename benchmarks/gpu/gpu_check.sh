@@ -37,7 +37,7 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 
 echo "== 1. CUDA tests"
 set +e
-$PY -m pytest -q -p no:cacheprovider tests/test_diagnostics.py tests/test_runtime.py -k cuda -rs 2>&1 | tail -15 | tee "$WORK/tests.txt"
+$PY -m pytest -q -p no:cacheprovider tests/diagnostics/test_diagnostics.py tests/engine/test_runtime.py -k cuda -rs 2>&1 | tail -15 | tee "$WORK/tests.txt"
 set -e
 
 # The shared recipe: resnet18 at 32 px, DINO head with BatchNorm (docs/recipe.md), K 1,024.

@@ -88,7 +88,7 @@ def main() -> None:
         device,
         "```",
         "",
-        "CUDA tests (`pytest tests/test_diagnostics.py tests/test_runtime.py -k cuda`),",
+        "CUDA tests (`pytest tests/diagnostics/test_diagnostics.py tests/engine/test_runtime.py -k cuda`),",
         "last lines:",
         "",
         "```",

@@ -15,7 +15,7 @@ Two things are adapted to small images (CIFAR at 32 px, digits at 8-16 px):
 
 The blur is PIL's ``ImageFilter.GaussianBlur(radius=sigma)``, as in the official DINO code
 (its ``GaussianBlur`` class) and lightly: PIL's radius *is* the standard deviation (three
-box blurs with the Gaussian's variance; ``tests/test_batched_augment.py`` measures it), and
+box blurs with the Gaussian's variance; ``tests/data/test_batched_augment.py`` measures it), and
 it costs about a tenth of torchvision's tensor blur on a PIL image. Every other step calls PIL
 directly with exactly the random draws and arithmetic of the torchvision transforms it
 replaces (the tests compare them bit for bit), without their per-call overhead.

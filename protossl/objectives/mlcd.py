@@ -158,7 +158,7 @@ class PriorKL(nn.Module):
     ME-MAX term is replaced by a KL divergence between the mean prediction and a
     chosen prior. Only this direction makes that literal, since ME-MAX *is*
     ``KL(p_bar || uniform) = log K - H(p_bar)``: with tau = 0 the prior is uniform
-    and this term equals ME-MAX exactly (checked in tests/test_msn.py), so "msn"
+    and this term equals ME-MAX exactly (checked in tests/methods/test_msn.py), so "msn"
     and "pmsn" differ only in the prior. There is no official PMSN code
     (facebookresearch/msn issue #20); stable-pretraining's PMSN also writes
     ``KL(p_bar || pi)``. This direction is mode-seeking: p_bar is pulled to put its

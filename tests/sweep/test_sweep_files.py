@@ -13,7 +13,7 @@ import pytest
 
 from protossl.sweep.spec import load_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 

@@ -33,7 +33,7 @@ from protossl.data import (
     stratified_split,
 )
 
-CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+CIFAR10 = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10"
 DIGITS_CLASS_SIZES = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
 

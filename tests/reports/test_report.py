@@ -442,7 +442,7 @@ def test_missing_browser_fails_under_ci_and_skips_elsewhere(
 
 def _artifacts_dir() -> Path:
     """Where the tests leave files for a person to look at (PROTOSSL_TEST_ARTIFACTS)."""
-    default = Path(__file__).resolve().parents[1] / ".test-artifacts"
+    default = Path(__file__).resolve().parents[2] / ".test-artifacts"
     return Path(os.environ.get("PROTOSSL_TEST_ARTIFACTS", default))
 
 

@@ -31,7 +31,7 @@ TINY = tiny_overrides(
     optim__max_steps=2,
     monitor__monitor_samples=8,
 )
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train_cli(out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -251,7 +251,7 @@ def test_bad_linked_axes(tmp_path: Path, grid: str, match: str) -> None:
 def test_cifar10_sweep_file_is_valid_and_complete() -> None:
     # The committed protocol: dino and dino-kp at K 1,024 on balanced and long-tailed
     # CIFAR-10, the balanced runs first, every run evaluated with every protocol.
-    path = Path(__file__).resolve().parents[1] / "sweeps" / "cifar10.yaml"
+    path = Path(__file__).resolve().parents[2] / "sweeps" / "cifar10.yaml"
     runs = load_sweep(path)
     assert len(runs) == 2 * 2
     assert {r.preset for r in runs} == {"dino", "dino-kp"}

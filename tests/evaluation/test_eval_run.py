@@ -19,7 +19,8 @@ from protossl.engine.trainer import Trainer
 from protossl.evaluation.cache import FeatureCache, dataset_fingerprint, feature_key
 from protossl.evaluation.features import extract_features, feature_encoder
 from protossl.evaluation.knn import knn_accuracy
-from protossl.evaluation.run_eval import PROTOCOLS, _load_method, evaluate_run
+from protossl.evaluation.released import load_for_evaluation
+from protossl.evaluation.run_eval import PROTOCOLS, evaluate_run
 
 TINY = [
     "model.backbone=vit_tiny",
@@ -98,7 +99,7 @@ def test_cli_knn_matches_direct_computation_and_human_table(
     code, out, err = _cli(["eval", str(run), "--data", "digits", "--no-cache"], capsys)
     assert code == 0 and out == ""
     assert "knn_top1@20" in err and "knn_top1@200" in err
-    loaded = _load_method(run)
+    loaded = load_for_evaluation(run)
     transform = EvalTransform(loaded.cfg.data.image_size)
     encode = feature_encoder(loaded.method, "backbone")
     xtr, ytr = extract_features(encode, load_dataset("digits", "train", transform=transform))

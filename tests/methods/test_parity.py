@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-PARITY = Path(__file__).resolve().parents[1] / "benchmarks" / "parity_lightly.py"
+PARITY = Path(__file__).resolve().parents[2] / "benchmarks" / "parity_lightly.py"
 
 
 def _parity_module():
