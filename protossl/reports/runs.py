@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protossl.core.dotted import flatten_dotted
 from protossl.core.errors import UserError
 from protossl.core.run_layout import RunPaths
 from protossl.core.safe_yaml import load_yaml_file
@@ -156,8 +157,7 @@ class RunRecord:
 
     def twin_key(self) -> str:
         """Equal for runs whose configs differ only in the prototype regularizer."""
-        flat: dict[str, Any] = {}
-        _flatten("", self.config, flat)
+        flat = flatten_dotted(self.config)  # every leaf: list-valued keys count too
         kept = {k: v for k, v in flat.items() if not k.startswith(_TWIN_FREE_KEYS)}
         return json.dumps(kept, sort_keys=True, default=str)
 
@@ -169,14 +169,6 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except ValueError:
         return None
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
-    else:
-        out[prefix] = value
 
 
 def is_run_folder(path: Path) -> bool:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from protossl.core.dotted import flatten_dotted
 from protossl.core.files import atomic_write_text
 from protossl.sweep.plan import has_work, read_summary, run_status
 from protossl.sweep.tasks import SweepRun, format_value
@@ -20,22 +21,6 @@ SUMMARY_KEYS = ("data", "K", "M", "M_over_K", "usage", "eval", "wall_time_second
 # Every column a row has besides its grid values: a linked grid axis may not take one
 # of these names (spec.py checks), or its value would overwrite the column.
 ROW_KEYS = frozenset({"run", "preset", "status", "error", *SUMMARY_KEYS})
-
-
-def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    """Copy the scalars of a nested mapping into ``out`` under dotted keys.
-
-    Example:
-        >>> out: dict = {}
-        >>> flatten("usage", {"entropy": 1.5, "hist": [1, 2], "top": {"k": 3}}, out)
-        >>> out
-        {'usage.entropy': 1.5, 'usage.top.k': 3}
-    """
-    if isinstance(value, dict):
-        for k, v in value.items():
-            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    elif isinstance(value, (int, float, str, bool)) or value is None:
-        out[prefix] = value
 
 
 def collect(
@@ -74,8 +59,8 @@ def collect(
                     # eval.runs holds each evaluation's record again (see protossl eval);
                     # the flat eval.<metric> entries are the table's columns.
                     value = {k: v for k, v in value.items() if k != "runs"}
-                if key in summary:
-                    flatten(key, value, flat)
+                if key in summary:  # a CSV cell holds scalars only
+                    flat.update(flatten_dotted(value, key, scalars_only=True))
             row.update(flat)
         rows.append(row)
     columns: list[str] = []
