@@ -276,3 +276,32 @@ def test_eval_cli_on_an_unknown_file_is_one_line(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "not a protossl checkpoint, and no released ViT backbone" in out.stderr
+
+
+def test_eval_cli_on_a_released_backbone(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    weights = {k: v.float() for k, v in dino_weights(11).items()}
+    torch.save(weights, tmp_path / "dino_deitsmall_pretrain.pth")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "protossl",
+            "eval",
+            str(tmp_path / "dino_deitsmall_pretrain.pth"),
+            "--data",
+            "digits",
+            "--image-size",
+            "8",
+            "--no-cache",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert 0.1 < result["results"]["knn_top1@20"] <= 1.0
