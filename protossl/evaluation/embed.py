@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -45,6 +46,7 @@ from protossl.core.files import atomic_write_text
 from protossl.data import EvalTransform, load_dataset, parse_data_spec
 from protossl.evaluation.cache import dataset_fingerprint, file_digest
 from protossl.evaluation.released import ReleasedMethod, load_for_evaluation
+from protossl.methods import Method
 from protossl.models.backbones import Backbone
 from protossl.runs.outputs import check_output_folder
 
@@ -71,6 +73,25 @@ def prototype_counts(prototypes: np.ndarray, num_prototypes: int) -> list[tuple[
     counts = np.bincount(prototypes, minlength=num_prototypes)
     order = sorted(np.flatnonzero(counts).tolist(), key=lambda k: (-int(counts[k]), k))
     return [(int(k), int(counts[k])) for k in order]
+
+
+def _features_and_logits(
+    method: Method, backbone: nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's backbone features and prototype scores from one backbone pass.
+
+    The scores are the method's own (``teacher_logits``); the features are read off the
+    backbone while it computes them, so the backbone runs once per batch. A method whose
+    scores do not go through the teacher's backbone exactly once gets a second pass.
+    """
+    captured: list[torch.Tensor] = []
+    handle = backbone.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        logits = method.teacher_logits(images)
+    finally:
+        handle.remove()
+    features = captured[0] if len(captured) == 1 else backbone(images)
+    return features, logits
 
 
 def _read_state(folder: Path) -> dict[str, Any] | None:
@@ -185,14 +206,15 @@ def embed(
             loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size)
             row = start
             for images, _labels in loader:
-                feats = backbone(images)
-                features[row : row + len(images)] = feats.float().numpy()
                 if assignments:
-                    logits = method.teacher_logits(images).float()
-                    probs = torch.softmax(logits / temperature, dim=-1)
+                    feats, logits = _features_and_logits(method, backbone, images)
+                    features[row : row + len(images)] = feats.float().numpy()
+                    probs = torch.softmax(logits.float() / temperature, dim=-1)
                     best, index = probs.max(dim=-1)
                     prototype[row : row + len(images)] = index.numpy()
                     probability[row : row + len(images)] = best.numpy()
+                else:
+                    features[row : row + len(images)] = backbone(images).float().numpy()
                 row += len(images)
                 bar.update(len(images))
                 if after_batch is not None:

@@ -20,7 +20,7 @@ position embedding differs slightly from the official one.
 
 Example:
     >>> import tempfile, pathlib
-    >>> net = _timm_vit(patch=4, width=64, depth=1, mlp_hidden=256, grid=4)
+    >>> net = VisionTransformer(**_vit_kwargs(4, 64, 1, 256, 4, 0, False, True))
     >>> file = pathlib.Path(tempfile.mkdtemp()) / "dino_vit.pth"
     >>> torch.save({"teacher": {f"backbone.{k}": v for k, v in net.state_dict().items()}}, file)
     >>> released = load_released_backbone(file)
@@ -67,21 +67,6 @@ class ReleasedBackbone:
     prefix: str  # where the backbone sat in the file, e.g. "teacher.backbone."
     image_size: int  # the native size (pos_embed grid x patch size)
     ignored: tuple[str, ...]  # tensors under the prefix that were not loaded
-
-
-def _timm_vit(
-    patch: int,
-    width: int,
-    depth: int,
-    mlp_hidden: int,
-    grid: int,
-    registers: int = 0,
-    layer_scale: bool = False,
-    qkv_bias: bool = True,
-) -> VisionTransformer:
-    return VisionTransformer(
-        **_vit_kwargs(patch, width, depth, mlp_hidden, grid, registers, layer_scale, qkv_bias)
-    )
 
 
 def _vit_kwargs(

@@ -162,10 +162,10 @@ def load_method(file: str | Path, why: str = "") -> LoadedRun:
             the checkpoint's own configuration.
     """
     file = Path(file)
-    return method_from_state(read_training_checkpoint(file, why), file)
+    return method_from_state(load_checkpoint(file), file, why)
 
 
-def method_from_state(state: dict[str, Any], file: Path) -> LoadedRun:
+def method_from_state(state: Any, file: Path, why: str = "") -> LoadedRun:
     """:func:`load_method` for a checkpoint dict already loaded from ``file``.
 
     Raises:
@@ -173,7 +173,7 @@ def method_from_state(state: dict[str, Any], file: Path) -> LoadedRun:
             do not fit the checkpoint's own configuration.
     """
     if not is_training_state(state):
-        raise UserError(f"{file} is not a protossl training checkpoint")
+        raise UserError(f"{file} is not a protossl training checkpoint{'; ' + why if why else ''}")
     state = _migrate(state, file)
     cfg = config_from_dict(state["config"])
     method = build_method(cfg)
